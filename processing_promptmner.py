@@ -1,0 +1,1291 @@
+"""PromptMNER processor: tweet text + image in, model tensors out; span logits in, entities out.
+
+[`PromptMNERProcessor`] bundles everything that turns a raw example into the inputs of the PromptMNER model:
+
+- the text backbone's **fast tokenizer** (word-aligned through `word_ids()`),
+- **CLIP image preprocessing** and a **frozen open_clip image tower**, so an image becomes one L2-normalised
+  CLIP image embedding (`image_embeds`); the model scores its prompts against it,
+- the **prompt vocabulary and template** (`"an image of {}"`), whose CLIP text embeddings the model keeps as its
+  discrete prompt embeddings ([`PromptMNERProcessor.encode_prompts`]),
+- the **span label set** (`labels[0] == "O"`) and the longest span in words (`max_span_length`).
+
+A saved processor is self-contained: `processor_config.json`, the tokenizer files and `clip_vision.safetensors`
+(the image tower's weights; safetensors only, nothing is unpickled when loading).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from huggingface_hub import hf_hub_download
+from PIL import Image, ImageOps, UnidentifiedImageError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+try:
+    from .span_utils import bio_to_spans, decode_spans, span_label_grid
+except ImportError:
+    from span_utils import bio_to_spans, decode_spans, span_label_grid
+
+
+logger = logging.get_logger(__name__)
+
+CLIP_VISION_WEIGHTS_NAME = "clip_vision.safetensors"
+DEFAULT_LABELS = ("O", "PER", "LOC", "ORG", "MISC")
+# The paper's "task labels" vocabulary.
+DEFAULT_PROMPT_VOCABULARY = ("person", "location", "organization")
+DEFAULT_PROMPT_TEMPLATE = "an image of {}"
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_INTERPOLATIONS = ("bicubic", "bilinear")
+IMAGE_RESIZE_MODES = ("shortest", "longest", "squash")
+# Runtime objects kept out of `to_dict` (they are not JSON and may be large).
+_RUNTIME_ATTRIBUTES = ("_clip_vision", "_clip_model", "_image_transform", "_clip_text_tokenizer")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Word splitting
+# ----------------------------------------------------------------------------------------------------------------
+
+_ZERO_WIDTH_JOINER = "\u200d"
+_URL_RE = re.compile(r"(?:[a-z][a-z0-9+.\-]*://|www\.)\S", re.IGNORECASE)
+_ABBREVIATION_RE = re.compile(r"(?:[^\W\d_]\.){2,}")
+_URL_TRAILING = set(".,;:!?\"'\u2026\u00bb\u201d\u2019")
+_CLOSING_BRACKETS = {")": "(", "]": "[", "}": "{"}
+_HANDLE_PREFIXES = "@#$"
+
+
+def _is_extender(char: str) -> bool:
+    """Whether `char` belongs to the character before it (combining mark, joiner, emoji modifier...)."""
+    return unicodedata.category(char) in ("Mn", "Me", "Cf") or 0x1F3FB <= ord(char) <= 0x1F3FF
+
+
+def _is_regional_indicator(char: str) -> bool:
+    return 0x1F1E6 <= ord(char) <= 0x1F1FF
+
+
+def _clusters(chunk: str) -> list[tuple[int, int]]:
+    """Split a whitespace-free chunk into user-perceived characters (approximate grapheme clusters)."""
+    clusters = []
+    index = 0
+    while index < len(chunk):
+        end = index + 1
+        if _is_regional_indicator(chunk[index]) and end < len(chunk) and _is_regional_indicator(chunk[end]):
+            end += 1  # a flag is a pair of regional indicators
+        while end < len(chunk) and (_is_extender(chunk[end]) or chunk[end - 1] == _ZERO_WIDTH_JOINER):
+            end += 1
+        clusters.append((index, end))
+        index = end
+    return clusters
+
+
+def _is_edge_symbol(chunk: str, cluster: tuple[int, int]) -> bool:
+    """Whether a cluster is punctuation or a symbol (Unicode categories P* and S*, emoji included; not `_`)."""
+    char = chunk[cluster[0]]
+    return char != "_" and unicodedata.category(char)[0] in "PS"
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _group_runs(chunk: str, clusters: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge consecutive identical clusters ("!!!", "...", a repeated emoji) into one word."""
+    runs: list[tuple[int, int]] = []
+    previous = None
+    for start, end in clusters:
+        piece = chunk[start:end]
+        if runs and piece == previous:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+        previous = piece
+    return runs
+
+
+def _peel_trailing(chunk: str, clusters: list[tuple[int, int]], is_url: bool) -> int:
+    """Number of trailing clusters to split off the core of a chunk."""
+    core_end = len(clusters)
+    while core_end > 0:
+        start, end = clusters[core_end - 1]
+        text = chunk[clusters[0][0] : clusters[core_end - 1][1]]
+        char = chunk[start:end]
+        if is_url:
+            opening = _CLOSING_BRACKETS.get(char)
+            unbalanced = opening is not None and text.count(opening) < text.count(char)
+            if not (char in _URL_TRAILING or unbalanced):
+                break
+        else:
+            if not _is_edge_symbol(chunk, (start, end)) or _ABBREVIATION_RE.fullmatch(text):
+                break
+        core_end -= 1
+    return len(clusters) - core_end
+
+
+def _split_chunk(chunk: str) -> list[tuple[int, int]]:
+    """Split one whitespace-free chunk into `(start, end)` word offsets relative to the chunk."""
+    clusters = _clusters(chunk)
+    core_start = 0
+    while core_start < len(clusters) and _is_edge_symbol(chunk, clusters[core_start]):
+        start, end = clusters[core_start]
+        keeps_handle = chunk[start] in _HANDLE_PREFIXES and end < len(chunk) and _is_word_char(chunk[end])
+        if keeps_handle:
+            break
+        core_start += 1
+    core = clusters[core_start:]
+    is_url = bool(core) and _URL_RE.match(chunk, core[0][0]) is not None
+    num_trailing = _peel_trailing(chunk, core, is_url) if core else 0
+    core_end = len(core) - num_trailing
+    words = _group_runs(chunk, clusters[:core_start])
+    if core_end > 0:
+        words.append((core[0][0], core[core_end - 1][1]))
+    words += _group_runs(chunk, core[core_end:])
+    return words
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """Split a raw string into words with character offsets: `[(word, start, end), ...]`, `text[start:end] == word`.
+
+    The rule, designed for tweets:
+
+    1. Split on whitespace (Python's `str.split` notion of whitespace).
+    2. In each chunk, peel punctuation and symbols (Unicode categories `P*` and `S*`, emoji included) off both
+       edges; each peeled run of one repeated character (`"!!!"`, `"..."`, `"😂😂"`) is one word, different
+       characters are separate words (`"?!"` -> `"?"`, `"!"`).
+    3. Kept intact: `@mentions`, `#hashtags` and `$cashtags` (a leading `@`/`#`/`$` followed by a letter, digit
+       or `_`); URLs (`scheme://...` or `www....`), which only lose trailing sentence punctuation and unbalanced
+       closing brackets; dotted abbreviations such as `"U.S."` or `"e.g."`; everything inside a word (apostrophes,
+       hyphens, dots, slashes: `"don't"`, `"Jean-Luc"`, `"3.5"`).
+    4. Combining marks, zero-width joiners, emoji skin-tone modifiers and flag pairs stay with their character.
+
+    Example: `"RT @user: Obama visits the U.S. today!!! http://t.co/x."` gives `RT`, `@user`, `:`, `Obama`,
+    `visits`, `the`, `U.S.`, `today`, `!!!`, `http://t.co/x`, `.`.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    words = []
+    for match in re.finditer(r"\S+", text):
+        offset = match.start()
+        for start, end in _split_chunk(match.group()):
+            words.append((text[offset + start : offset + end], offset + start, offset + end))
+    return words
+
+
+def join_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Join pre-split words with single spaces; return the text and each word's `(start, end)` in it."""
+    offsets = []
+    position = 0
+    for word in words:
+        offsets.append((position, position + len(word)))
+        position += len(word) + 1
+    return " ".join(words), offsets
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------------------------
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    """Flatten an image with transparency onto a white background."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _to_uint8(array: np.ndarray, *, source: str) -> np.ndarray:
+    """Scale an image array to uint8 by its dtype's range (uint16: /257; float: [0, 1] -> [0, 255])."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:
+        return np.round(array.astype(np.float64) / 257.0).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{source}: float image contains NaN or infinite values")
+        low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"{source}: float image values must lie in [0, 1], got range [{low}, {high}]")
+        return np.round(array * 255.0).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min(initial=0)), int(array.max(initial=0))
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"{source}: {array.dtype} image values must lie in [0, 255] (use uint16 for 16-bit images), "
+                f"got range [{low}, {high}]"
+            )
+        return array.astype(np.uint8)
+    raise ValueError(f"{source}: unsupported image dtype {array.dtype}")
+
+
+def _array_to_image(array: np.ndarray, *, source: str = "numpy image") -> Image.Image:
+    """Turn an HxW or HxWxC (C in 1..4) array into a PIL image (L, LA, RGB or RGBA)."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)):
+        raise ValueError(f"{source}: expected an HxW or HxWxC array with C in 1..4, got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{source}: image is empty, shape {array.shape}")
+    # uint8 HxW / HxWx2 / HxWx3 / HxWx4 arrays become L / LA / RGB / RGBA images.
+    return Image.fromarray(np.ascontiguousarray(_to_uint8(np.asarray(array), source=source)))
+
+
+def _high_bit_depth_to_uint8(image: Image.Image, *, source: str) -> np.ndarray:
+    """Scale an `I;16*`, `I` or `F` image to uint8 without PIL's clipping.
+
+    `I;16*` is 16-bit by definition (divide by 257). `I` (32-bit int) and `F` (float) have no intrinsic range:
+    `I` is read as 8-bit if all values fit in [0, 255] and as 16-bit if they fit in [0, 65535]; `F` as [0, 1]
+    if it fits, else [0, 255]; anything else is stretched linearly from its [min, max].
+    """
+    array = np.asarray(image).astype(np.float64)
+    low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    if image.mode.startswith("I;16"):
+        scale, offset = 65535.0, 0.0
+    elif image.mode == "I" and low >= 0 and high <= 255:
+        scale, offset = 255.0, 0.0
+    elif image.mode == "I" and low >= 0 and high <= 65535:
+        scale, offset = 65535.0, 0.0
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        scale, offset = 1.0, 0.0
+    elif image.mode == "F" and low >= 0 and high <= 255:
+        scale, offset = 255.0, 0.0
+    else:
+        if not np.isfinite(array).all():
+            raise ValueError(f"{source}: {image.mode} image contains NaN or infinite values")
+        scale, offset = max(high - low, 1e-12), low
+    return np.round(np.clip((array - offset) / scale, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _pil_to_rgb(image: Image.Image, *, source: str) -> Image.Image:
+    """Convert any PIL mode to RGB; transparency is composited on white, high bit depths are rescaled."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        return _composite_on_white(image)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return Image.fromarray(_high_bit_depth_to_uint8(image, source=source)).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{source}: cannot convert PIL mode {mode!r} to RGB: {err}") from err
+
+
+def _open_image_file(path: Path) -> Image.Image:
+    """Open and fully decode an image file, applying its EXIF orientation; errors name the file."""
+    if not path.exists():
+        raise FileNotFoundError(f"Image file not found: {str(path)!r}")
+    if not path.is_file():
+        raise ValueError(f"Cannot read image {str(path)!r}: not a regular file")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            if image is opened:
+                image = opened.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"Cannot read image file {str(path)!r}: {type(err).__name__}: {err}") from err
+    return image
+
+
+def load_image(image: Image.Image | str | os.PathLike | np.ndarray) -> Image.Image:
+    """Load one image as an RGB `PIL.Image`, never substituting another image.
+
+    Accepts a `PIL.Image` (any mode), a file path (`str` / `Path`), or a numpy array of shape HxW, HxWx1,
+    HxWx2 (gray + alpha), HxWx3 or HxWx4 (RGBA) with dtype uint8, uint16 (16-bit, scaled by 1/257), bool, other
+    integers within [0, 255], or float within [0, 1].
+
+    Conversions: images with transparency (RGBA, LA, PA, and P with a transparency entry) are composited on a
+    **white** background (what a viewer shows; dropping alpha would expose arbitrary colours, often black, under
+    transparent pixels). 16-bit images (`I;16`, `I;16B`, ...) are scaled to 8 bits instead of clipped; `I` and `F`
+    images are scaled by their value range (see `_high_bit_depth_to_uint8`). CMYK, L, 1, P, YCbCr, ... use PIL's
+    conversion. File images are rotated by their EXIF orientation; animated images give their first frame.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file cannot be decoded (message names the file and the reason) or the array is invalid.
+        TypeError: unsupported input type.
+    """
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image, source=f"PIL image (mode {image.mode})")
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        return _pil_to_rgb(_open_image_file(path), source=f"image file {str(path)!r}")
+    if isinstance(image, np.ndarray):
+        return _pil_to_rgb(_array_to_image(image), source="numpy image")
+    raise TypeError(f"image must be a PIL.Image, a file path or a numpy array, got {type(image).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer and CLIP helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _json_find(node: Any, type_name: str) -> list[dict]:
+    """All JSON objects with `"type": type_name` in a nested tokenizer serialisation."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("type") == type_name:
+            found.append(node)
+        for value in node.values():
+            found += _json_find(value, type_name)
+    elif isinstance(node, list):
+        for value in node:
+            found += _json_find(value, type_name)
+    return found
+
+
+def _needs_prefix_space(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether a byte-level BPE tokenizer (RoBERTa, GPT-2) lacks `add_prefix_space=True`.
+
+    Without it, pre-split words are encoded as if each started a text (no leading-space marker), which is not
+    how the backbone saw words during pretraining.
+    """
+    pre_tokenizer = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer")
+    return any(not node.get("add_prefix_space", False) for node in _json_find(pre_tokenizer, "ByteLevel"))
+
+
+def _check_tokenizer(tokenizer: Any) -> None:
+    """Reject tokenizers that cannot give word-aligned encodings."""
+    if not isinstance(tokenizer, PreTrainedTokenizerBase) or not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"tokenizer must be a fast (Rust `tokenizers`) Hugging Face tokenizer, got {type(tokenizer).__name__}: "
+            "word alignment needs `word_ids()`"
+        )
+    if _needs_prefix_space(tokenizer):
+        raise ValueError(
+            f"tokenizer {tokenizer.name_or_path!r} is a byte-level BPE tokenizer without add_prefix_space=True, "
+            "which pre-split words need; load it with "
+            "AutoTokenizer.from_pretrained(name, add_prefix_space=True) or pass its name to from_clip"
+        )
+
+
+def _load_tokenizer(name_or_path: str | os.PathLike, **kwargs) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained`, reloaded with `add_prefix_space=True` for byte-level BPE tokenizers."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if getattr(tokenizer, "is_fast", False) and _needs_prefix_space(tokenizer):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **{**kwargs, "add_prefix_space": True})
+    return tokenizer
+
+
+def _check_clip_config(clip_config: Any) -> None:
+    if not isinstance(clip_config, Mapping):
+        raise ValueError(f"clip_config must be an open_clip model config dict, got {type(clip_config).__name__}")
+    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in clip_config]
+    if missing:
+        raise ValueError(f"clip_config is missing {missing}; expected the dict of open_clip.get_model_config(name)")
+    if "multimodal_cfg" in clip_config:
+        raise ValueError("clip_config describes a CoCa model; only CLIP-style (two tower) models are supported")
+
+
+def _build_clip(clip_config: Mapping[str, Any]) -> torch.nn.Module:
+    """Instantiate an open_clip `CLIP` (or `CustomTextCLIP` for `custom_text` / HF text configs) from its config."""
+    config = copy.deepcopy(dict(clip_config))
+    custom_text = bool(config.pop("custom_text", False)) or "hf_model_name" in config.get("text_cfg", {})
+    model_class = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
+    return model_class(**config)
+
+
+def _first_parameter(module: torch.nn.Module) -> torch.Tensor:
+    for tensor in module.parameters():
+        return tensor
+    raise ValueError("the CLIP image tower has no parameters")
+
+
+class PromptMNERBatch(BatchFeature):
+    """The processor's output: a `BatchFeature` whose dict holds only model tensors.
+
+    `model(**batch)` therefore sees only tensors. The text side needed to map predictions back to the text lives
+    in plain attributes, kept by `.to(...)` (which returns the same object) and by pickling:
+
+    - `texts`: one string per example (the input string, or the pre-split words joined with single spaces);
+    - `words`: the words that made it into the tensors (after truncation);
+    - `word_offsets`: `(start, end)` character offsets of those words in `texts`;
+    - `num_truncated_words`: how many trailing words truncation dropped, per example.
+    """
+
+    _text_attributes = ("texts", "words", "word_offsets", "num_truncated_words")
+
+    def __init__(
+        self,
+        data: dict[str, Any] | None = None,
+        tensor_type: str | None = None,
+        texts: list[str] | None = None,
+        words: list[list[str]] | None = None,
+        word_offsets: list[list[tuple[int, int]]] | None = None,
+        num_truncated_words: list[int] | None = None,
+    ):
+        super().__init__(data, tensor_type=tensor_type)
+        self.texts = texts if texts is not None else []
+        self.words = words if words is not None else []
+        self.word_offsets = word_offsets if word_offsets is not None else []
+        self.num_truncated_words = num_truncated_words if num_truncated_words is not None else []
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.update({name: self.__dict__.get(name) for name in self._text_attributes})
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for name in self._text_attributes:
+            setattr(self, name, state.get(name))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The processor
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class PromptMNERProcessor(ProcessorMixin):
+    r"""
+    Processor for PromptMNER: a fast text tokenizer, CLIP image preprocessing with a frozen open_clip image tower,
+    the prompt vocabulary and template, and the span label set.
+
+    Build it from open_clip with [`~PromptMNERProcessor.from_clip`]; save / load it with `save_pretrained` /
+    `from_pretrained` (the image tower's weights go to `clip_vision.safetensors`).
+
+    Args:
+        tokenizer ([`PreTrainedTokenizerBase`]):
+            The text backbone's fast tokenizer. Byte-level BPE tokenizers (RoBERTa) need `add_prefix_space=True`.
+        clip_config (`dict`, *optional*):
+            The open_clip model config (`open_clip.get_model_config(name)`: `embed_dim`, `vision_cfg`,
+            `text_cfg`, ...). `None` makes a text-only processor (no image encoding).
+        image_size (`int` or `list[int]`, defaults to 224): CLIP input resolution.
+        image_mean (`list[float]`), image_std (`list[float]`): CLIP normalisation (OpenAI CLIP's by default).
+        image_interpolation (`str`, defaults to `"bicubic"`): `"bicubic"` or `"bilinear"`.
+        image_resize_mode (`str`, defaults to `"shortest"`): open_clip's inference resize mode: `"shortest"`
+            (resize shortest side + center crop), `"longest"` (resize longest side + pad) or `"squash"`.
+        image_fill_color (`int`, defaults to 0): padding value of the `"longest"` resize mode.
+        prompt_template (`str`, defaults to `"an image of {}"`): prompt with one `{}` for the vocabulary word.
+        prompt_vocabulary (`list[str]`, *optional*): prompt words; defaults to the task labels
+            `["person", "location", "organization"]`.
+        labels (`list[str]`, defaults to `["O", "PER", "LOC", "ORG", "MISC"]`): span labels, `labels[0] == "O"`.
+        max_span_length (`int`, defaults to 8): longest span in words that the model scores.
+        clip_logit_scale (`float`, defaults to 100.0): CLIP's temperature `1/tau` (`logit_scale.exp()`).
+        clip_model_name (`str`, *optional*), clip_pretrained (`str`, *optional*): where the CLIP weights came from
+            (open_clip model name and pretrained tag); informative, and picks the CLIP text tokenizer.
+        clip_model (`torch.nn.Module`, *optional*): a live open_clip model (not saved). Gives the image tower's
+            weights and the text tower that [`~PromptMNERProcessor.encode_prompts`] needs. Without it, the image
+            tower is built on the meta device from `clip_config` and gets its weights in `from_pretrained`.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        clip_config: dict | None = None,
+        image_size: int | list[int] = 224,
+        image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        image_std: Sequence[float] = OPENAI_CLIP_STD,
+        image_interpolation: str = "bicubic",
+        image_resize_mode: str = "shortest",
+        image_fill_color: int = 0,
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        prompt_vocabulary: Sequence[str] | None = None,
+        labels: Sequence[str] = DEFAULT_LABELS,
+        max_span_length: int = 8,
+        clip_logit_scale: float = 100.0,
+        clip_model_name: str | None = None,
+        clip_pretrained: str | None = None,
+        clip_model: torch.nn.Module | None = None,
+        **kwargs,
+    ):
+        _check_tokenizer(tokenizer)
+        for name, value in (("labels", labels), ("prompt_vocabulary", prompt_vocabulary)):
+            if isinstance(value, str):
+                raise ValueError(f"{name} must be a list of strings, got the string {value!r}")
+        super().__init__(tokenizer, **kwargs)
+        self.clip_config = copy.deepcopy(dict(clip_config)) if clip_config is not None else None
+        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
+        self.image_mean = [float(value) for value in image_mean]
+        self.image_std = [float(value) for value in image_std]
+        self.image_interpolation = image_interpolation
+        self.image_resize_mode = image_resize_mode
+        self.image_fill_color = image_fill_color
+        self.prompt_template = prompt_template
+        self.prompt_vocabulary = list(DEFAULT_PROMPT_VOCABULARY if prompt_vocabulary is None else prompt_vocabulary)
+        self.labels = list(labels)
+        self.max_span_length = max_span_length
+        self.clip_logit_scale = float(clip_logit_scale)
+        self.clip_model_name = clip_model_name
+        self.clip_pretrained = clip_pretrained
+        self._validate()
+        self._clip_model = clip_model
+        self._clip_vision = self._init_clip_vision(clip_model)
+        self._image_transform = None
+        self._clip_text_tokenizer = None
+
+    # -- construction ------------------------------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        """Raise `ValueError` naming the first invalid argument."""
+        if not self.labels or self.labels[0] != "O":
+            raise ValueError(f"labels[0] must be 'O' (the not-an-entity label), got labels={self.labels}")
+        if len(set(self.labels)) != len(self.labels) or not all(isinstance(x, str) and x for x in self.labels):
+            raise ValueError(f"labels must be distinct non-empty strings, got {self.labels}")
+        if not isinstance(self.max_span_length, int) or isinstance(self.max_span_length, bool) or (
+            self.max_span_length < 1
+        ):
+            raise ValueError(f"max_span_length must be an integer >= 1, got {self.max_span_length!r}")
+        if not isinstance(self.prompt_template, str) or "{}" not in self.prompt_template:
+            raise ValueError(f"prompt_template must contain '{{}}' for the word, got {self.prompt_template!r}")
+        try:
+            self.prompt_template.format("word")
+        except (IndexError, KeyError, ValueError) as err:
+            raise ValueError(f"prompt_template {self.prompt_template!r} cannot be formatted with one word") from err
+        if not self.prompt_vocabulary or not all(isinstance(w, str) and w.strip() for w in self.prompt_vocabulary):
+            raise ValueError(f"prompt_vocabulary must be a non-empty list of words, got {self.prompt_vocabulary!r}")
+        if not self.clip_logit_scale > 0:
+            raise ValueError(f"clip_logit_scale must be positive, got {self.clip_logit_scale!r}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError(
+                f"image_mean and image_std must have 3 values (std > 0), got {self.image_mean} and {self.image_std}"
+            )
+        if self.image_interpolation not in IMAGE_INTERPOLATIONS:
+            raise ValueError(
+                f"image_interpolation must be one of {IMAGE_INTERPOLATIONS}, got {self.image_interpolation!r}"
+            )
+        if self.image_resize_mode not in IMAGE_RESIZE_MODES:
+            raise ValueError(f"image_resize_mode must be one of {IMAGE_RESIZE_MODES}, got {self.image_resize_mode!r}")
+        if self.clip_config is not None:
+            _check_clip_config(self.clip_config)
+
+    def _init_clip_vision(self, clip_model: torch.nn.Module | None) -> torch.nn.Module | None:
+        """The image tower: the live model's, or one built on the meta device (weights come from a file)."""
+        if clip_model is not None:
+            if self.clip_config is None:
+                raise ValueError("clip_model needs its clip_config (the open_clip model config) to be saved")
+            if not isinstance(getattr(clip_model, "visual", None), torch.nn.Module):
+                raise ValueError(
+                    f"clip_model must be an open_clip model with a .visual tower, got {type(clip_model).__name__}"
+                )
+            return clip_model.visual
+        if self.clip_config is None:
+            return None
+        with torch.device("meta"):
+            return _build_clip(self.clip_config).visual
+
+    @classmethod
+    def from_clip(
+        cls,
+        tokenizer: PreTrainedTokenizerBase | str | os.PathLike,
+        clip_model_name: str | None = "RN50",
+        clip_pretrained: str | None = "openai",
+        clip_config: dict | None = None,
+        *,
+        cache_dir: str | None = None,
+        tokenizer_kwargs: dict | None = None,
+        **kwargs,
+    ) -> PromptMNERProcessor:
+        """Build a processor around an open_clip model.
+
+        Args:
+            tokenizer: a fast tokenizer, or a name / path for `AutoTokenizer.from_pretrained` (byte-level BPE
+                tokenizers are loaded with `add_prefix_space=True`).
+            clip_model_name: a registered open_clip model name (`"RN50"`, the paper's CNN CLIP).
+            clip_pretrained: an open_clip pretrained tag (`"openai"`), downloaded by open_clip; `None` leaves the
+                model randomly initialised (tests).
+            clip_config: an explicit open_clip model config dict instead of a registered name; the model is then
+                randomly initialised (`clip_pretrained` must be `None`).
+            cache_dir: open_clip's download cache.
+            tokenizer_kwargs: extra kwargs for `AutoTokenizer.from_pretrained` when `tokenizer` is a name.
+            **kwargs: other `__init__` arguments (`prompt_vocabulary`, `labels`, `max_span_length`, ...).
+        """
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = _load_tokenizer(tokenizer, **(tokenizer_kwargs or {}))
+        if clip_config is not None:
+            if clip_pretrained is not None:
+                raise ValueError(
+                    f"clip_pretrained={clip_pretrained!r} needs a registered clip_model_name; an explicit clip_config "
+                    "builds a randomly initialised CLIP, pass clip_pretrained=None"
+                )
+            _check_clip_config(clip_config)
+            config = copy.deepcopy(dict(clip_config))
+            model = _build_clip(config)
+        else:
+            config, model = cls._create_open_clip(clip_model_name, clip_pretrained, cache_dir)
+        model.eval().requires_grad_(False)
+        preprocess = open_clip.get_model_preprocess_cfg(model)
+        init_kwargs = {
+            "image_size": preprocess.get("size", getattr(model.visual, "image_size", 224)),
+            "image_mean": preprocess.get("mean", OPENAI_CLIP_MEAN),
+            "image_std": preprocess.get("std", OPENAI_CLIP_STD),
+            "image_interpolation": preprocess.get("interpolation", "bicubic"),
+            "image_resize_mode": preprocess.get("resize_mode", "shortest"),
+            "image_fill_color": preprocess.get("fill_color", 0),
+            "clip_logit_scale": float(model.logit_scale.detach().exp()),
+            "clip_model_name": clip_model_name if clip_config is None else None,
+            "clip_pretrained": clip_pretrained,
+        }
+        init_kwargs.update(kwargs)
+        return cls(tokenizer, clip_config=config, clip_model=model, **init_kwargs)
+
+    @staticmethod
+    def _create_open_clip(
+        clip_model_name: str | None, clip_pretrained: str | None, cache_dir: str | None
+    ) -> tuple[dict, torch.nn.Module]:
+        """Create a registered open_clip model and return `(config it was built from, model)`."""
+        if not clip_model_name:
+            raise ValueError("from_clip needs clip_model_name (a registered open_clip model) or clip_config")
+        config = open_clip.get_model_config(clip_model_name)
+        if config is None:
+            raise ValueError(
+                f"clip_model_name {clip_model_name!r} is not a registered open_clip model; see open_clip.list_models()"
+            )
+        force_quick_gelu = False
+        if clip_pretrained is not None:
+            tag_config = open_clip.get_pretrained_cfg(clip_model_name, clip_pretrained) or {}
+            # OpenAI's weights were trained with QuickGELU; the plain "RN50" config says GELU.
+            force_quick_gelu = bool(tag_config.get("quick_gelu", False)) and not config.get("quick_gelu", False)
+        if force_quick_gelu:
+            config["quick_gelu"] = True
+        model, _, _ = open_clip.create_model_and_transforms(
+            clip_model_name, pretrained=clip_pretrained, force_quick_gelu=force_quick_gelu, cache_dir=cache_dir
+        )
+        return config, model
+
+    # -- serialisation -----------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """`ProcessorMixin.to_dict` without the runtime objects (CLIP modules, transforms), which are not JSON."""
+        runtime = {name: self.__dict__.pop(name) for name in _RUNTIME_ATTRIBUTES if name in self.__dict__}
+        try:
+            return super().to_dict()
+        finally:
+            self.__dict__.update(runtime)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        """Save `processor_config.json`, the tokenizer files and `clip_vision.safetensors`.
+
+        With `push_to_hub=True`, the folder is then uploaded through `push_to_hub` (kwargs: `repo_id`,
+        `commit_message`, `private`, `token`, `revision`, `create_pr`).
+        """
+        push_kwargs = {
+            key: kwargs.pop(key)
+            for key in ("repo_id", "commit_message", "private", "token", "revision", "create_pr")
+            if key in kwargs
+        }
+        if self._clip_vision is not None:
+            self._require_clip_weights()  # before writing anything
+        files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
+        if self._clip_vision is not None:
+            weights_file = os.path.join(save_directory, CLIP_VISION_WEIGHTS_NAME)
+            state_dict = {
+                name: tensor.detach().cpu().clone().contiguous()
+                for name, tensor in self._clip_vision.state_dict().items()
+            }
+            save_file(state_dict, weights_file, metadata={"format": "pt"})
+            files.append(weights_file)
+        if push_to_hub:
+            repo_id = push_kwargs.pop("repo_id", Path(save_directory).name)
+            self.push_to_hub(repo_id, **push_kwargs)
+        return files
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        revision: str = "main",
+        **kwargs,
+    ) -> PromptMNERProcessor:
+        """Load a saved processor from a local folder or a Hub repo id, with its CLIP image tower weights.
+
+        Hub files go through the Hugging Face cache, so `HF_HUB_OFFLINE=1` works with a populated cache.
+        """
+        processor = super().from_pretrained(
+            pretrained_model_name_or_path,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            revision=revision,
+            **kwargs,
+        )
+        if processor.clip_config is not None:
+            weights_file = cls._resolve_clip_weights(
+                pretrained_model_name_or_path,
+                subfolder=kwargs.get("subfolder", ""),
+                cache_dir=cache_dir,
+                force_download=force_download,
+                local_files_only=local_files_only,
+                token=token,
+                revision=revision,
+            )
+            processor.load_clip_vision_weights(weights_file)
+        return processor
+
+    @staticmethod
+    def _resolve_clip_weights(
+        pretrained_model_name_or_path: str | os.PathLike, *, subfolder: str = "", **hub_kwargs
+    ) -> str:
+        """Path of `clip_vision.safetensors` in a local folder, or downloaded / cached from a Hub repo."""
+        path = str(pretrained_model_name_or_path)
+        if os.path.isfile(path):  # a path to processor_config.json
+            path = os.path.dirname(path)
+        if os.path.isdir(path):
+            weights_file = os.path.join(path, subfolder or "", CLIP_VISION_WEIGHTS_NAME)
+            if not os.path.isfile(weights_file):
+                raise FileNotFoundError(
+                    f"{weights_file!r} not found: a PromptMNER processor folder needs the CLIP image tower weights"
+                )
+            return weights_file
+        return hf_hub_download(path, CLIP_VISION_WEIGHTS_NAME, subfolder=subfolder or None, **hub_kwargs)
+
+    def load_clip_vision_weights(self, weights_file: str | os.PathLike) -> None:
+        """Load the CLIP image tower from a safetensors file (strict: every tensor must match `clip_config`).
+
+        The weights go into a fresh tower (a live `clip_model` is never modified); the processor then forgets its
+        `clip_model`, whose text tower would no longer belong to the same CLIP.
+        """
+        if self.clip_config is None:
+            raise ValueError("this processor has no clip_config, so it has no CLIP image tower to load weights into")
+        try:
+            state_dict = load_file(str(weights_file), device="cpu")
+        except (OSError, SafetensorError) as err:
+            raise ValueError(f"Cannot read CLIP image tower weights {str(weights_file)!r}: {err}") from err
+        vision = self._clip_vision
+        if vision is None or not all(tensor.is_meta for tensor in vision.state_dict().values()):
+            # Never write into a live (possibly user-owned) tower: load into a fresh, weightless one.
+            with torch.device("meta"):
+                vision = _build_clip(self.clip_config).visual
+        try:
+            vision.load_state_dict(state_dict, strict=True, assign=True)
+        except RuntimeError as err:
+            raise ValueError(f"{str(weights_file)!r} does not match clip_config: {err}") from err
+        if any(tensor.is_meta for tensor in [*vision.parameters(), *vision.buffers()]):
+            # Non-persistent buffers are not in the file: build a real tower so they get their proper values.
+            vision = _build_clip(self.clip_config).visual
+            vision.load_state_dict(state_dict, strict=True)
+        self._clip_vision = vision.eval().requires_grad_(False)
+        self._clip_model = None
+
+    # -- properties --------------------------------------------------------------------------------------------
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: index for index, label in enumerate(self.labels)}
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.labels))
+
+    @property
+    def clip_embed_dim(self) -> int | None:
+        """Width of CLIP's joint embedding space (`image_embeds` and prompt embeddings)."""
+        return None if self.clip_config is None else int(self.clip_config["embed_dim"])
+
+    @property
+    def clip_vision(self) -> torch.nn.Module | None:
+        """The frozen CLIP image tower (`None` for a text-only processor)."""
+        return self._clip_vision
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "word_start_index", "word_end_index", "image_embeds", "has_image"]
+
+    def to(self, device: str | torch.device) -> PromptMNERProcessor:
+        """Move the CLIP modules to `device` (image / prompt encoding then runs there); returns `self`."""
+        for module in (self._clip_model, self._clip_vision):
+            if module is not None:
+                module.to(device)
+        return self
+
+    # -- images ------------------------------------------------------------------------------------------------
+
+    load_image = staticmethod(load_image)
+
+    @property
+    def image_transform(self):
+        """open_clip's inference transform (resize, crop / pad, to tensor, normalise) for these settings."""
+        if self._image_transform is None:
+            size = tuple(self.image_size) if isinstance(self.image_size, list) else self.image_size
+            self._image_transform = open_clip.image_transform(
+                size,
+                is_train=False,
+                mean=tuple(self.image_mean),
+                std=tuple(self.image_std),
+                resize_mode=self.image_resize_mode,
+                interpolation=self.image_interpolation,
+                fill_color=self.image_fill_color,
+            )
+        return self._image_transform
+
+    def _require_clip_weights(self) -> torch.nn.Module:
+        if self._clip_vision is None:
+            raise ValueError("this processor has no CLIP image tower (clip_config is None): it cannot encode images")
+        if any(tensor.is_meta for tensor in self._clip_vision.parameters()):
+            raise ValueError(
+                "the CLIP image tower has no weights: build the processor with PromptMNERProcessor.from_clip(...) "
+                "or load it with from_pretrained(...) (or call load_clip_vision_weights(file))"
+            )
+        return self._clip_vision
+
+    def pixel_values(self, images: Iterable[Any]) -> torch.Tensor:
+        """Load and preprocess images into a `(N, 3, H, W)` float tensor."""
+        return torch.stack([self.image_transform(self.load_image(image)) for image in images])
+
+    def encode_images(self, images: Any, batch_size: int = 32) -> torch.Tensor:
+        """L2-normalised CLIP image embeddings `(N, D)`, float32 on CPU.
+
+        `images` is a list of images (PIL / path / numpy; see `load_image`) or a single one. Images are loaded and
+        encoded `batch_size` at a time on the image tower's device, in eval mode, under `torch.inference_mode()`.
+        The result is an ordinary tensor (usable in autograd graphs).
+        """
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        for index, image in enumerate(images):
+            if image is None:
+                raise ValueError(f"images[{index}] is None; pass examples without an image through __call__")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        vision = self._require_clip_weights()
+        parameter = _first_parameter(vision)
+        chunks = []
+        was_training = vision.training
+        vision.eval()
+        try:
+            with torch.inference_mode():
+                for begin in range(0, len(images), batch_size):
+                    pixels = self.pixel_values(images[begin : begin + batch_size])
+                    features = vision(pixels.to(device=parameter.device, dtype=parameter.dtype))
+                    chunks.append(F.normalize(features.float(), dim=-1).cpu())
+        finally:
+            vision.train(was_training)
+        if not chunks:
+            return torch.zeros(0, self.clip_embed_dim, dtype=torch.float32)
+        return torch.cat(chunks).clone()
+
+    # -- prompts -----------------------------------------------------------------------------------------------
+
+    def build_prompts(self, vocabulary: Sequence[str] | None = None) -> list[str]:
+        """`prompt_template.format(word)` for each word (default: `prompt_vocabulary`)."""
+        vocabulary = self.prompt_vocabulary if vocabulary is None else list(vocabulary)
+        if not vocabulary:
+            raise ValueError("vocabulary is empty")
+        return [self.prompt_template.format(word) for word in vocabulary]
+
+    def _text_tokenizer(self):
+        """open_clip's tokenizer for the model: its registered one, else the bundled BPE `SimpleTokenizer`."""
+        if self._clip_text_tokenizer is None:
+            if self.clip_model_name and self.clip_model_name in open_clip.list_models():
+                self._clip_text_tokenizer = open_clip.get_tokenizer(self.clip_model_name)
+            else:
+                context_length = self.clip_config["text_cfg"].get("context_length", 77)
+                self._clip_text_tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
+        return self._clip_text_tokenizer
+
+    def encode_prompts(self, vocabulary: Sequence[str] | None = None, batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised CLIP text embeddings `(K, D)` of the prompts (float32 CPU), for discrete prompts.
+
+        Needs CLIP's text tower, which only a processor built by `from_clip` (or given `clip_model`) has: a saved
+        processor keeps the image tower only. Compute the prompt embeddings once when building the model; they are
+        stored in the model's weights.
+        """
+        if self._clip_model is None:
+            raise ValueError(
+                "encode_prompts needs the CLIP text tower, but this processor has only the image tower (a saved "
+                "processor keeps only that). Build it with PromptMNERProcessor.from_clip(...) to encode prompts; "
+                "a trained model already stores its prompt embeddings."
+            )
+        prompts = self.build_prompts(vocabulary)
+        model = self._clip_model
+        device = _first_parameter(model).device
+        tokenizer = self._text_tokenizer()
+        chunks = []
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                for begin in range(0, len(prompts), batch_size):
+                    tokens = tokenizer(prompts[begin : begin + batch_size]).to(device)
+                    chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
+        finally:
+            model.train(was_training)
+        return torch.cat(chunks).clone()
+
+    # -- text --------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _normalize_text(
+        text: Any, is_split_into_words: bool
+    ) -> tuple[list[list[str]], list[list[tuple[int, int]]], list[str], bool]:
+        """Turn `text` into `(words, offsets, texts, is_batched)` per example."""
+        if text is None:
+            raise ValueError("text is required")
+        if is_split_into_words:
+            is_batched = isinstance(text, (list, tuple)) and len(text) > 0 and isinstance(text[0], (list, tuple))
+            examples = list(text) if is_batched else [text]
+            words, offsets, texts = [], [], []
+            for index, example in enumerate(examples):
+                if not isinstance(example, (list, tuple)) or not all(isinstance(word, str) for word in example):
+                    raise TypeError(
+                        f"text[{index}]: with is_split_into_words=True each example must be a list of str words"
+                    )
+                for position, word in enumerate(example):
+                    if not word:
+                        raise ValueError(f"text[{index}]: word {position} is an empty string")
+                joined, example_offsets = join_words(example)
+                words.append(list(example))
+                offsets.append(example_offsets)
+                texts.append(joined)
+            return words, offsets, texts, is_batched
+        if isinstance(text, str):
+            examples, is_batched = [text], False
+        elif isinstance(text, (list, tuple)) and all(isinstance(example, str) for example in text):
+            if not text:
+                raise ValueError("text is an empty batch")
+            examples, is_batched = list(text), True
+        else:
+            raise TypeError(
+                "text must be a str or a list of str (pass is_split_into_words=True for lists of words), "
+                f"got {type(text).__name__}"
+            )
+        words, offsets = [], []
+        for example in examples:
+            split = split_words(example)
+            words.append([word for word, _, _ in split])
+            offsets.append([(start, end) for _, start, end in split])
+        return words, offsets, examples, is_batched
+
+    def _encode_words(
+        self, batch_words: list[list[str]], truncation: bool, max_length: int | None
+    ) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """Tokenize pre-split words; return the tensors (with word start / end indices) and words kept per example.
+
+        Words the tokenizer maps to no token at all (control or zero-width characters) are encoded as the unknown
+        token, so every word keeps at least one token. Truncation only drops whole trailing words (a word is never
+        cut in the middle), so word indices, tags and character offsets stay aligned.
+        """
+        tokenizer = self.tokenizer
+        if truncation and max_length is None and tokenizer.model_max_length < 1_000_000:
+            max_length = tokenizer.model_max_length
+        if not truncation:
+            max_length = None
+        if max_length is not None and max_length < tokenizer.num_special_tokens_to_add() + 1:
+            raise ValueError(f"max_length={max_length} leaves no room for words after the special tokens")
+        token_words = [list(words) for words in batch_words]
+        measure = tokenizer(token_words, is_split_into_words=True, truncation=False, return_token_type_ids=False)
+        if self._replace_tokenless_words(token_words, measure):
+            measure = tokenizer(token_words, is_split_into_words=True, truncation=False, return_token_type_ids=False)
+        num_kept = [len(words) for words in token_words]
+        for index, words in enumerate(token_words):
+            length = len(measure["input_ids"][index])
+            if max_length is None or length <= max_length or not words:
+                continue
+            ends = self._word_token_bounds(measure.word_ids(index), len(words))[1]
+            trailing_specials = length - 1 - ends[-1]
+            num_kept[index] = sum(1 for end in ends if end + 1 + trailing_specials <= max_length)
+
+        encoding = tokenizer(
+            [words[:kept] for words, kept in zip(token_words, num_kept)],
+            is_split_into_words=True,
+            padding=True,
+            truncation=False,
+            return_token_type_ids=False,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        batch_size = len(token_words)
+        max_words = max(num_kept, default=0)
+        word_start = torch.full((batch_size, max_words), -1, dtype=torch.long)
+        word_end = torch.full((batch_size, max_words), -1, dtype=torch.long)
+        for index, kept in enumerate(num_kept):
+            starts, ends = self._word_token_bounds(encoding.word_ids(index), kept)
+            if any(start < 0 for start in starts):
+                raise RuntimeError(f"text[{index}]: a word has no token after re-encoding; word alignment failed")
+            word_start[index, :kept] = torch.tensor(starts, dtype=torch.long)
+            word_end[index, :kept] = torch.tensor(ends, dtype=torch.long)
+        data = {
+            "input_ids": encoding["input_ids"],
+            "attention_mask": encoding["attention_mask"],
+            "word_start_index": word_start,
+            "word_end_index": word_end,
+        }
+        return data, num_kept
+
+    def _replace_tokenless_words(self, token_words: list[list[str]], encoding) -> bool:
+        """Replace, in place, the words that produced no token by the unknown token; return whether any did."""
+        changed = False
+        for index, words in enumerate(token_words):
+            present = {word_id for word_id in encoding.word_ids(index) if word_id is not None}
+            missing = [position for position in range(len(words)) if position not in present]
+            if not missing:
+                continue
+            if self.tokenizer.unk_token is None:
+                raise ValueError(
+                    f"text[{index}]: words {[words[p] for p in missing]} produce no tokens and the tokenizer has no "
+                    "unk_token to stand for them"
+                )
+            for position in missing:
+                words[position] = self.tokenizer.unk_token
+            changed = True
+        return changed
+
+    @staticmethod
+    def _word_token_bounds(word_ids: list[int | None], num_words: int) -> tuple[list[int], list[int]]:
+        """Index of the first and last token of each of the first `num_words` words (-1 if it has none)."""
+        starts, ends = [-1] * num_words, [-1] * num_words
+        for token_index, word_id in enumerate(word_ids):
+            if word_id is None or word_id >= num_words:
+                continue
+            if starts[word_id] < 0:
+                starts[word_id] = token_index
+            ends[word_id] = token_index
+        return starts, ends
+
+    # -- __call__ ----------------------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        text: str | list[str] | list[list[str]] | None = None,
+        images: Any = None,
+        *,
+        image_embeds: Any = None,
+        tags: list[str] | list[list[str]] | None = None,
+        is_split_into_words: bool = False,
+        return_tensors: str = "pt",
+        truncation: bool = True,
+        max_length: int | None = None,
+        image_batch_size: int = 32,
+        drop_long_spans: bool = True,
+    ) -> PromptMNERBatch:
+        """Prepare one example or a batch for the model.
+
+        Args:
+            text: a raw string (split by [`split_words`]), or with `is_split_into_words=True` a list of words; or a
+                list of either for a batch.
+            images: one image per example (PIL / path / numpy, `None` for no image). For a single example, the image
+                itself or a one-element list.
+            image_embeds: precomputed CLIP image embeddings instead of `images`: a `(B, D)` tensor / array, or a list
+                of `B` rows or `None`s.
+            tags: word-level BIO tags, one list per example, as long as its words; gives `labels`.
+            is_split_into_words: whether `text` is pre-split into words (like HF tokenizers).
+            return_tensors: `"pt"` (default) or `"np"`.
+            truncation, max_length: drop trailing words that do not fit in `max_length` tokens (default: the
+                tokenizer's `model_max_length`); whole words only, logged with the count; entities touching dropped
+                words are dropped from `labels`.
+            image_batch_size: images encoded per CLIP forward pass.
+            drop_long_spans: gold entities longer than `max_span_length` words cannot be in the span grid; drop them
+                (logged) rather than raise.
+
+        Returns:
+            [`PromptMNERBatch`] with `input_ids`, `attention_mask` `(B, T)`; `word_start_index`, `word_end_index`
+            `(B, W)` (token index of each word's first / last token, -1 for padding words); `image_embeds` `(B, D)`
+            and `has_image` `(B,)` if images or image embeddings were given; `labels` `(B, W, max_span_length)` if
+            tags were given. Attributes `texts`, `words`, `word_offsets`, `num_truncated_words`.
+        """
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        words, offsets, texts, is_batched = self._normalize_text(text, is_split_into_words)
+        batch_size = len(words)
+        tag_lists = self._normalize_tags(tags, words, is_batched) if tags is not None else None
+
+        data, num_kept = self._encode_words(words, truncation, max_length)
+        num_truncated = [len(example) - kept for example, kept in zip(words, num_kept)]
+        if any(num_truncated):
+            logger.warning(
+                f"Truncation to {max_length or self.tokenizer.model_max_length} tokens dropped {sum(num_truncated)} "
+                f"trailing word(s) in {sum(1 for n in num_truncated if n)} example(s)"
+            )
+        if images is not None and image_embeds is not None:
+            raise ValueError("pass either images or image_embeds, not both")
+        if images is not None:
+            data.update(self._embed_images(images, batch_size, is_batched, image_batch_size))
+        elif image_embeds is not None:
+            data.update(self._stack_image_embeds(image_embeds, batch_size, is_batched))
+        if tag_lists is not None:
+            data["labels"] = self._label_grids(tag_lists, num_kept, data["word_start_index"].shape[1], drop_long_spans)
+        if return_tensors == "np":
+            data = {key: value.numpy() for key, value in data.items()}
+        return PromptMNERBatch(
+            data,
+            texts=texts,
+            words=[example[:kept] for example, kept in zip(words, num_kept)],
+            word_offsets=[example[:kept] for example, kept in zip(offsets, num_kept)],
+            num_truncated_words=num_truncated,
+        )
+
+    @staticmethod
+    def _normalize_tags(tags: Any, words: list[list[str]], is_batched: bool) -> list[list[str]]:
+        """One tag list per example, each as long as the example's words."""
+        tag_lists = list(tags) if is_batched else [tags]
+        if len(tag_lists) != len(words):
+            raise ValueError(f"tags has {len(tag_lists)} examples but text has {len(words)}")
+        for index, (example_tags, example_words) in enumerate(zip(tag_lists, words)):
+            if isinstance(example_tags, str) or not all(isinstance(tag, str) for tag in example_tags):
+                raise TypeError(f"tags of example {index} must be a list of str tags")
+            if len(example_tags) != len(example_words):
+                raise ValueError(
+                    f"tags of example {index} has {len(example_tags)} tags but the example has "
+                    f"{len(example_words)} words"
+                )
+        return [list(example_tags) for example_tags in tag_lists]
+
+    def _label_grids(
+        self, tag_lists: list[list[str]], num_kept: list[int], max_words: int, drop_long_spans: bool
+    ) -> torch.Tensor:
+        """`(B, W, max_span_length)` span labels from BIO tags, -100 outside each example's valid spans."""
+        labels = torch.full((len(tag_lists), max_words, self.max_span_length), -100, dtype=torch.long)
+        num_cut, num_long = 0, 0
+        for index, (example_tags, kept) in enumerate(zip(tag_lists, num_kept)):
+            try:
+                spans = bio_to_spans(example_tags)
+            except ValueError as err:
+                raise ValueError(f"tags of example {index}: {err}") from err
+            in_range = [span for span in spans if span[1] < kept]
+            num_cut += len(spans) - len(in_range)
+            num_long += sum(1 for start, end, _ in in_range if end - start >= self.max_span_length)
+            try:
+                grid = span_label_grid(
+                    in_range, kept, self.max_span_length, self.label2id, drop_long_spans=drop_long_spans
+                )
+            except ValueError as err:
+                raise ValueError(f"tags of example {index}: {err} (labels are {self.labels})") from err
+            if kept:
+                labels[index, :kept] = torch.tensor(grid, dtype=torch.long)
+        if num_cut:
+            logger.warning(f"{num_cut} gold entities touch truncated words and are left out of labels")
+        if num_long and drop_long_spans:
+            logger.warning(
+                f"{num_long} gold entities are longer than max_span_length={self.max_span_length} words and are "
+                "left out of labels"
+            )
+        return labels
+
+    def _embed_images(
+        self, images: Any, batch_size: int, is_batched: bool, image_batch_size: int
+    ) -> dict[str, torch.Tensor]:
+        """Encode the given images; rows without an image are zeros with `has_image=False`."""
+        if is_batched:
+            if not isinstance(images, (list, tuple)):
+                raise TypeError(
+                    f"images must be a list with one image (or None) per example, got {type(images).__name__}"
+                )
+            image_list = list(images)
+        else:
+            image_list = list(images) if isinstance(images, (list, tuple)) else [images]
+        if len(image_list) != batch_size:
+            raise ValueError(f"got {len(image_list)} images for {batch_size} text examples")
+        if self._clip_vision is None:
+            raise ValueError("images were given but this processor has no CLIP image tower (clip_config is None)")
+        present = [index for index, image in enumerate(image_list) if image is not None]
+        embeds = torch.zeros(batch_size, self.clip_embed_dim, dtype=torch.float32)
+        if present:
+            embeds[present] = self.encode_images([image_list[i] for i in present], batch_size=image_batch_size)
+        has_image = torch.zeros(batch_size, dtype=torch.bool)
+        has_image[present] = True
+        return {"image_embeds": embeds, "has_image": has_image}
+
+    def _stack_image_embeds(self, image_embeds: Any, batch_size: int, is_batched: bool) -> dict[str, torch.Tensor]:
+        """Stack precomputed embeddings (tensor / array / list with `None`s) into `(B, D)` plus `has_image`."""
+        if isinstance(image_embeds, (torch.Tensor, np.ndarray)):
+            array = torch.as_tensor(image_embeds, dtype=torch.float32)
+            if array.ndim == 1 and not is_batched:
+                array = array.unsqueeze(0)
+            rows = list(array) if array.ndim == 2 else None
+            if rows is None:
+                raise ValueError(f"image_embeds must have shape (batch, dim), got {tuple(array.shape)}")
+        elif isinstance(image_embeds, (list, tuple)):
+            rows = list(image_embeds)
+        else:
+            raise TypeError(f"image_embeds must be a tensor, an array or a list, got {type(image_embeds).__name__}")
+        if len(rows) != batch_size:
+            raise ValueError(f"got {len(rows)} image_embeds rows for {batch_size} text examples")
+        dims = {torch.as_tensor(row).numel() for row in rows if row is not None}
+        expected = self.clip_embed_dim
+        if len(dims) > 1 or (expected is not None and dims and dims != {expected}):
+            raise ValueError(f"image_embeds rows have sizes {sorted(dims)}, expected {expected or 'one size'}")
+        dim = dims.pop() if dims else (expected or 0)
+        embeds = torch.zeros(batch_size, dim, dtype=torch.float32)
+        has_image = torch.zeros(batch_size, dtype=torch.bool)
+        for index, row in enumerate(rows):
+            if row is not None:
+                embeds[index] = torch.as_tensor(row, dtype=torch.float32).reshape(dim)
+                has_image[index] = True
+        if not torch.isfinite(embeds).all():
+            raise ValueError("image_embeds contains NaN or infinite values")
+        return {"image_embeds": embeds, "has_image": has_image}
+
+    # -- post-processing ---------------------------------------------------------------------------------------
+
+    def post_process(self, outputs: Any, inputs: PromptMNERBatch, threshold: float = 0.0) -> list[list[dict]]:
+        """Turn span logits into entities, in the token-classification pipeline's aggregated format.
+
+        Args:
+            outputs: the model output (anything with `.logits`) or the logits tensor, shape `(B, W, L, C)`: cell
+                `[b, i, d, c]` scores words `i..i+d` of example `b` as label `c` (`labels[0] == "O"`).
+            inputs: the [`PromptMNERBatch`] the model was run on (its `word_offsets` and `texts` map words back to
+                characters).
+            threshold: minimum probability of a span's predicted label for it to be a candidate.
+
+        Returns:
+            Per example, a list of `{"entity_group", "score", "word", "start", "end"}` dicts sorted by `start`:
+            non-overlapping spans whose argmax label is not `"O"`, picked greedily by probability.
+        """
+        logits = outputs if isinstance(outputs, torch.Tensor) else getattr(outputs, "logits", None)
+        if logits is None and isinstance(outputs, Mapping):
+            logits = outputs.get("logits")
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"outputs must be a logits tensor or have .logits, got {type(outputs).__name__}")
+        word_offsets = getattr(inputs, "word_offsets", None)
+        texts = getattr(inputs, "texts", None)
+        if word_offsets is None or texts is None:
+            raise TypeError("inputs must be the PromptMNERBatch returned by the processor (it needs word_offsets)")
+        if logits.ndim != 4 or logits.shape[0] != len(word_offsets) or logits.shape[-1] != len(self.labels):
+            raise ValueError(
+                f"logits must have shape (batch={len(word_offsets)}, words, span lengths, labels={len(self.labels)}),"
+                f" got {tuple(logits.shape)}"
+            )
+        batch, max_words, max_widths, _ = logits.shape
+        num_words = torch.tensor([len(offsets) for offsets in word_offsets], dtype=torch.long)
+        if batch and int(num_words.max()) > max_words:
+            raise ValueError(f"logits cover {max_words} words but an example has {int(num_words.max())}")
+        probabilities = logits.detach().float().softmax(dim=-1).cpu()
+        scores, label_ids = probabilities.max(dim=-1)
+        starts = torch.arange(max_words).view(1, -1, 1)
+        widths = torch.arange(max_widths).view(1, 1, -1)
+        valid = (starts + widths) < num_words.view(-1, 1, 1)
+        keep = valid & (label_ids != 0) & (scores >= threshold)
+        candidates: list[list[tuple[int, int, str, float]]] = [[] for _ in range(batch)]
+        for b, i, d in keep.nonzero().tolist():
+            candidates[b].append((i, i + d, self.labels[int(label_ids[b, i, d])], float(scores[b, i, d])))
+        results = []
+        for b, example_candidates in enumerate(candidates):
+            entities = []
+            for start, end, label, score in decode_spans(example_candidates):
+                char_start, char_end = word_offsets[b][start][0], word_offsets[b][end][1]
+                entities.append(
+                    {
+                        "entity_group": label,
+                        "score": score,
+                        "word": texts[b][char_start:char_end],
+                        "start": char_start,
+                        "end": char_end,
+                    }
+                )
+            results.append(entities)
+        return results
+
+
+PromptMNERProcessor.register_for_auto_class()
