@@ -1229,12 +1229,45 @@ class PromptMNERProcessor(ProcessorMixin):
 
     # -- post-processing ---------------------------------------------------------------------------------------
 
+    def decode_word_spans(
+        self, logits: torch.Tensor, num_words: Sequence[int] | torch.Tensor, threshold: float = 0.0
+    ) -> list[list[tuple[int, int, str, float]]]:
+        """Word-level entities from span logits: per example, non-overlapping `(start, end, label, score)`.
+
+        Args:
+            logits: `(B, W, L, C)`; cell `[b, i, d, c]` scores words `i..i+d` of example `b` as label `c`
+                (`labels[0] == "O"`).
+            num_words: the number of words of each example (cells past the last word are ignored).
+            threshold: minimum probability of a span's predicted label for it to be a candidate.
+
+        Candidates are the valid spans whose argmax label is not `"O"`, scored by that label's probability;
+        [`decode_spans`] keeps the best non-overlapping ones.
+        """
+        if logits.ndim != 4 or logits.shape[-1] != len(self.labels):
+            raise ValueError(
+                f"logits must have shape (batch, words, span lengths, labels={len(self.labels)}), "
+                f"got {tuple(logits.shape)}"
+            )
+        batch, max_words, max_widths, _ = logits.shape
+        num_words = torch.as_tensor(num_words, dtype=torch.long).cpu()
+        if num_words.shape != (batch,):
+            raise ValueError(f"num_words must have one entry per example ({batch}), got shape {tuple(num_words.shape)}")
+        if batch and int(num_words.max()) > max_words:
+            raise ValueError(f"logits cover {max_words} words but an example has {int(num_words.max())}")
+        scores, label_ids = logits.detach().float().softmax(dim=-1).max(dim=-1)  # (B, W, L) each
+        scores, label_ids = scores.cpu(), label_ids.cpu()
+        ends = torch.arange(max_words).view(1, -1, 1) + torch.arange(max_widths).view(1, 1, -1)  # (1, W, L)
+        keep = (ends < num_words.view(-1, 1, 1)) & (label_ids != 0) & (scores >= threshold)  # (B, W, L)
+        candidates: list[list[tuple[int, int, str, float]]] = [[] for _ in range(batch)]
+        for b, i, d in keep.nonzero().tolist():
+            candidates[b].append((i, i + d, self.labels[int(label_ids[b, i, d])], float(scores[b, i, d])))
+        return [decode_spans(example) for example in candidates]
+
     def post_process(self, outputs: Any, inputs: PromptMNERBatch, threshold: float = 0.0) -> list[list[dict]]:
         """Turn span logits into entities, in the token-classification pipeline's aggregated format.
 
         Args:
-            outputs: the model output (anything with `.logits`) or the logits tensor, shape `(B, W, L, C)`: cell
-                `[b, i, d, c]` scores words `i..i+d` of example `b` as label `c` (`labels[0] == "O"`).
+            outputs: the model output (anything with `.logits`) or the logits tensor `(B, W, L, C)`.
             inputs: the [`PromptMNERBatch`] the model was run on (its `word_offsets` and `texts` map words back to
                 characters).
             threshold: minimum probability of a span's predicted label for it to be a candidate.
@@ -1252,40 +1285,22 @@ class PromptMNERProcessor(ProcessorMixin):
         texts = getattr(inputs, "texts", None)
         if word_offsets is None or texts is None:
             raise TypeError("inputs must be the PromptMNERBatch returned by the processor (it needs word_offsets)")
-        if logits.ndim != 4 or logits.shape[0] != len(word_offsets) or logits.shape[-1] != len(self.labels):
-            raise ValueError(
-                f"logits must have shape (batch={len(word_offsets)}, words, span lengths, labels={len(self.labels)}),"
-                f" got {tuple(logits.shape)}"
-            )
-        batch, max_words, max_widths, _ = logits.shape
-        num_words = torch.tensor([len(offsets) for offsets in word_offsets], dtype=torch.long)
-        if batch and int(num_words.max()) > max_words:
-            raise ValueError(f"logits cover {max_words} words but an example has {int(num_words.max())}")
-        probabilities = logits.detach().float().softmax(dim=-1).cpu()
-        scores, label_ids = probabilities.max(dim=-1)
-        starts = torch.arange(max_words).view(1, -1, 1)
-        widths = torch.arange(max_widths).view(1, 1, -1)
-        valid = (starts + widths) < num_words.view(-1, 1, 1)
-        keep = valid & (label_ids != 0) & (scores >= threshold)
-        candidates: list[list[tuple[int, int, str, float]]] = [[] for _ in range(batch)]
-        for b, i, d in keep.nonzero().tolist():
-            candidates[b].append((i, i + d, self.labels[int(label_ids[b, i, d])], float(scores[b, i, d])))
-        results = []
-        for b, example_candidates in enumerate(candidates):
-            entities = []
-            for start, end, label, score in decode_spans(example_candidates):
-                char_start, char_end = word_offsets[b][start][0], word_offsets[b][end][1]
-                entities.append(
-                    {
-                        "entity_group": label,
-                        "score": score,
-                        "word": texts[b][char_start:char_end],
-                        "start": char_start,
-                        "end": char_end,
-                    }
-                )
-            results.append(entities)
-        return results
+        if logits.shape[0] != len(word_offsets):
+            raise ValueError(f"logits have {logits.shape[0]} examples but inputs have {len(word_offsets)}")
+        spans = self.decode_word_spans(logits, [len(offsets) for offsets in word_offsets], threshold)
+        return [
+            [
+                {
+                    "entity_group": label,
+                    "score": score,
+                    "word": texts[b][offsets[start][0] : offsets[end][1]],
+                    "start": offsets[start][0],
+                    "end": offsets[end][1],
+                }
+                for start, end, label, score in example
+            ]
+            for b, (example, offsets) in enumerate(zip(spans, word_offsets))
+        ]
 
 
 PromptMNERProcessor.register_for_auto_class()

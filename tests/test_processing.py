@@ -4,12 +4,8 @@ span labels, post-processing and save / load (including remote code). Real compo
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
+from fresh_process import offline_hub_cache, run_without_project
+
 from processing_promptmner import (
     CLIP_VISION_WEIGHTS_NAME,
     PromptMNERBatch,
@@ -31,7 +29,6 @@ from processing_promptmner import (
 )
 from span_utils import bio_to_spans, span_label_grid
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TENSOR_KEYS = {"input_ids", "attention_mask", "word_start_index", "word_end_index"}
 
 
@@ -682,47 +679,17 @@ def test_from_pretrained_checks_the_weights_file(tiny_processor, tmp_path):
         PromptMNERProcessor.from_pretrained(folder)
 
 
-_REMOTE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np, torch
-    from transformers import AutoProcessor
-    try:
-        import processing_promptmner  # must not be importable here: only the remote code may be used
-        sys.exit("processing_promptmner is importable")
-    except ImportError:
-        pass
-    folder, repo_id, image_file, expected_file = sys.argv[1:5]
-    results = {}
-    for source in (folder, repo_id):
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
-        embeds = processor.encode_images([image_file])
-        expected = torch.from_numpy(np.load(expected_file))
-        batch = processor("Obama visits Berlin")
-        results[source] = {
-            "module": type(processor).__module__,
-            "max_diff": float((embeds - expected).abs().max()),
-            "words": batch.words,
-        }
-    print(json.dumps(results))
-    """
-)
-
-
 def test_remote_code_and_offline_hub_cache(tiny_processor, tmp_path):
     """AutoProcessor + trust_remote_code in a fresh process, from a copied folder and from an offline Hub cache."""
     saved = _save(tiny_processor, tmp_path / "saved")
     folder = tmp_path / "elsewhere" / "copy"
     shutil.copytree(saved, folder)
     repo_id = "someone/promptmner-tiny"
-    revision = "0123456789abcdef0123456789abcdef01234567"
     cache = tmp_path / "hub"
-    repo_cache = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(saved, repo_cache / "snapshots" / revision)
-    (repo_cache / "refs").mkdir()
-    (repo_cache / "refs" / "main").write_text(revision)
+    repo_cache = offline_hub_cache(saved, cache, repo_id)
     # This repo holds a processor only: huggingface_hub records the Hub's 404 for config.json (which AutoTokenizer
     # asks for) under .no_exist/, exactly as a real earlier online download would have left it.
+    revision = (repo_cache / "refs" / "main").read_text()
     (repo_cache / ".no_exist" / revision).mkdir(parents=True)
     (repo_cache / ".no_exist" / revision / "config.json").touch()
 
@@ -730,25 +697,29 @@ def test_remote_code_and_offline_hub_cache(tiny_processor, tmp_path):
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 70, 3), dtype=np.uint8)).save(image_file)
     expected_file = tmp_path / "expected.npy"
     np.save(expected_file, tiny_processor.encode_images([image_file]).numpy())
-    script = tmp_path / "remote_check.py"
-    script.write_text(_REMOTE_SCRIPT)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_"))}
-    # Keep the environment's PYTHONPATH (dependencies may live there) minus this repository.
-    python_path = [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
-    env["PYTHONPATH"] = os.pathsep.join(
-        entry for entry in python_path if Path(entry).resolve() != REPO_ROOT and Path(entry).resolve() != Path.cwd()
-    )
-    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, str(script), str(folder), repo_id, str(image_file), str(expected_file)],
+    output = run_without_project(
+        f"""
+        import json
+        import numpy as np, torch
+        from transformers import AutoProcessor
+
+        results = {{}}
+        for source in ({str(folder)!r}, {repo_id!r}):
+            processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+            embeds = processor.encode_images([{str(image_file)!r}])
+            expected = torch.from_numpy(np.load({str(expected_file)!r}))
+            batch = processor("Obama visits Berlin")
+            results[source] = {{
+                "module": type(processor).__module__,
+                "max_diff": float((embeds - expected).abs().max()),
+                "words": batch.words,
+            }}
+        print(json.dumps(results))
+        """,
         cwd=tmp_path / "elsewhere",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_MODULES_CACHE": str(tmp_path / "modules")},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(result.stdout.strip().splitlines()[-1])
+    results = json.loads(output.strip().splitlines()[-1])
     for source in (str(folder), repo_id):
         assert results[source]["module"].startswith("transformers_modules"), results[source]
         assert results[source]["max_diff"] <= 1e-6

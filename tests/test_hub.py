@@ -1,0 +1,94 @@
+"""The Hub round trip: a saved model + processor folder loads by repo id, offline, in a fresh process."""
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import RobertaConfig, RobertaModel
+
+from fresh_process import offline_hub_cache, run_without_project
+from modeling_promptmner import PromptMNERForSpanNER
+
+REPO_ID = "org/promptmner-tiny"
+TEXT = "Kevin Durant arrives in Oklahoma City"
+
+
+def tiny_model(processor) -> PromptMNERForSpanNER:
+    torch.manual_seed(0)
+    backbone = RobertaModel(
+        RobertaConfig(
+            vocab_size=len(processor.tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=64,
+            type_vocab_size=1,
+            pad_token_id=processor.tokenizer.pad_token_id,
+        )
+    )
+    model = PromptMNERForSpanNER.from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
+    with torch.no_grad():  # a trained-looking head, so that some spans come out as entities
+        model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))
+    return model.eval()
+
+
+def test_saved_folder_loads_by_repo_id_in_a_fresh_process(tiny_roberta_processor, tmp_path):
+    processor = tiny_roberta_processor
+    model = tiny_model(processor)
+    image_file = tmp_path / "tweet.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(image_file)
+    inputs = processor(text=TEXT, images=str(image_file), return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**inputs)
+    entities = processor.post_process(expected, inputs)
+
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    files = {path.name for path in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "processor_config.json", "clip_vision.safetensors"} <= files
+    assert {"configuration_promptmner.py", "modeling_promptmner.py", "processing_promptmner.py", "span_utils.py"} <= files
+    assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoConfig"] == "configuration_promptmner.PromptMNERConfig"
+    assert config["auto_map"]["AutoModel"] == "modeling_promptmner.PromptMNERForSpanNER"
+
+    cache = tmp_path / "hub"
+    offline_hub_cache(folder, cache, REPO_ID)
+    np.save(tmp_path / "expected_logits.npy", expected.logits.numpy())
+    output = run_without_project(
+        f"""
+        import json, sys
+        import numpy as np, torch
+        from PIL import Image
+        from transformers import AutoConfig, AutoModel, AutoProcessor
+
+        config = AutoConfig.from_pretrained({REPO_ID!r}, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained({REPO_ID!r}, trust_remote_code=True)
+        model = AutoModel.from_pretrained({REPO_ID!r}, trust_remote_code=True).eval()
+        inputs = processor(text={TEXT!r}, images=Image.open("tweet.png"), return_tensors="pt")
+        with torch.no_grad():
+            outputs = model(**inputs)
+        expected = np.load("expected_logits.npy")
+        print(json.dumps({{
+            "config_class": type(config).__module__ + "." + type(config).__name__,
+            "model_class": type(model).__module__ + "." + type(model).__name__,
+            "processor_class": type(processor).__module__ + "." + type(processor).__name__,
+            "max_diff": float(np.abs(outputs.logits.numpy() - expected).max()),
+            "entities": processor.post_process(outputs, inputs),
+            "project_imported": sorted(m for m in sys.modules if "." not in m and m.endswith(("_promptmner", "span_utils"))),
+        }}))
+        """,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
+    result = json.loads(output.strip().splitlines()[-1])
+    for key in ("config_class", "model_class", "processor_class"):
+        assert result[key].startswith("transformers_modules."), result[key]
+    assert result["model_class"].endswith("PromptMNERForSpanNER")
+    assert result["project_imported"] == []
+    assert result["max_diff"] == 0.0
+    assert result["entities"] == entities
+    assert entities and all(TEXT[e["start"] : e["end"]] == e["word"] for e in entities[0])
