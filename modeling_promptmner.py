@@ -599,13 +599,14 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
 
 def processor_config_kwargs(processor) -> dict:
     """The [`PromptMNERConfig`] fields that a [`PromptMNERProcessor`] decides."""
-    return {
-        "clip_embed_dim": processor.clip_embed_dim,
+    fields = {
+        "clip_embed_dim": processor.clip_embed_dim,  # None for a text-only processor (no CLIP)
         "clip_logit_scale": processor.clip_logit_scale,
         "max_span_length": processor.max_span_length,
         "labels": list(processor.labels),
         "sep_token_id": processor.tokenizer.sep_token_id,
     }
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def backbone_position_offset(backbone_config) -> int:

@@ -377,7 +377,7 @@ def _check_tokenizer(tokenizer: Any) -> None:
         )
 
 
-def _load_tokenizer(name_or_path: str | os.PathLike, **kwargs) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str | os.PathLike, **kwargs) -> PreTrainedTokenizerBase:
     """`AutoTokenizer.from_pretrained`, reloaded with `add_prefix_space=True` for byte-level BPE tokenizers."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     if getattr(tokenizer, "is_fast", False) and _needs_prefix_space(tokenizer):
@@ -609,7 +609,7 @@ class PromptMNERProcessor(ProcessorMixin):
             **kwargs: other `__init__` arguments (`prompt_vocabulary`, `labels`, `max_span_length`, ...).
         """
         if isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = _load_tokenizer(tokenizer, **(tokenizer_kwargs or {}))
+            tokenizer = load_tokenizer(tokenizer, **(tokenizer_kwargs or {}))
         if clip_config is not None:
             if clip_pretrained is not None:
                 raise ValueError(

@@ -1,0 +1,273 @@
+"""run_mner.py end to end: real files, real subprocesses, real `accelerate launch`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import RobertaConfig, RobertaModel
+
+import mner_data
+import run_mner
+from fresh_process import run_without_project
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TWITTER2015 = REPO_ROOT.parent / "shared" / "data" / "twitter2015"
+
+
+# --- fixtures: a tiny backbone, a tiny CLIP config, a small Twitter-2015 slice with generated images ---------
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory, roberta_tokenizer) -> Path:
+    """A random 2-layer RoBERTa saved with the real byte-level BPE tokenizer of the tests."""
+    folder = tmp_path_factory.mktemp("backbone")
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=len(roberta_tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        type_vocab_size=1,
+        pad_token_id=roberta_tokenizer.pad_token_id,
+    )
+    RobertaModel(config).save_pretrained(folder)
+    roberta_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip_config_file(tmp_path_factory, tiny_clip_config) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "clip_config.json"
+    path.write_text(json.dumps(tiny_clip_config))
+    return path
+
+
+def write_slice(source: Path, target: Path, count: int) -> list[str]:
+    """The first `count` tweets of a CoNLL+IMGID file; returns their image ids."""
+    examples = mner_data.read_conll(source)[:count]
+    lines = []
+    for example in examples:
+        lines.append(f"IMGID:{example['image_id']}")
+        lines.extend(f"{token}\t{tag}" for token, tag in zip(example["tokens"], example["tags"]))
+        lines.append("")
+    target.write_text("\n".join(lines) + "\n")
+    return [example["image_id"] for example in examples]
+
+
+@pytest.fixture(scope="module")
+def twitter_slice(tmp_path_factory) -> dict:
+    """40/20/20 real Twitter-2015 tweets; JPEG images drawn for all but every seventh id (missing) and one corrupt."""
+    if not TWITTER2015.is_dir():
+        pytest.skip("../shared/data/twitter2015 is absent")
+    folder = tmp_path_factory.mktemp("twitter2015")
+    image_dir = folder / "images"
+    image_dir.mkdir()
+    ids = []
+    for split, source, count in (("train", "train.txt", 40), ("validation", "valid.txt", 20), ("test", "test.txt", 20)):
+        ids += write_slice(TWITTER2015 / source, folder / source, count)
+    rng = np.random.default_rng(0)
+    missing = set(ids[::7])
+    for image_id in ids:
+        if image_id not in missing:
+            pixels = rng.integers(0, 256, (int(rng.integers(20, 90)), int(rng.integers(20, 90)), 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(image_dir / f"{image_id}.jpg")
+    corrupt = next(i for i in ids if i not in missing)
+    (image_dir / f"{corrupt}.jpg").write_bytes(b"not a jpeg")
+    return {"folder": folder, "image_dir": image_dir, "missing": missing | {corrupt}, "ids": ids}
+
+
+def run_args(twitter_slice, tiny_backbone, clip_config_file, output_dir, *extra) -> list[str]:
+    folder = twitter_slice["folder"]
+    return [
+        "--train_file", str(folder / "train.txt"),
+        "--validation_file", str(folder / "valid.txt"),
+        "--test_file", str(folder / "test.txt"),
+        "--image_dir", str(twitter_slice["image_dir"]),
+        "--model_name_or_path", str(tiny_backbone),
+        "--clip_config", str(clip_config_file),
+        "--num_prompts", "4",
+        "--max_span_length", "4",
+        "--num_train_epochs", "2",
+        "--per_device_train_batch_size", "8",
+        "--learning_rate", "5e-4",
+        "--output_dir", str(output_dir),
+        "--cache_dir", str(Path(output_dir).parent / "cache"),
+        *extra,
+    ]  # fmt: skip
+
+
+def child_env(**extra) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "ACCELERATE_"))}
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def launch(args: list[str], cwd: Path, num_processes: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch run_mner.py ...` on the CPU, as a user would run it."""
+    # On a CPU-only machine `--multi_gpu` starts torchrun processes that run_mner joins as gloo DDP.
+    mode = "--multi_gpu" if num_processes > 1 else "--cpu"
+    command = [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_processes", str(num_processes)]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += [str(REPO_ROOT / "run_mner.py"), *args]
+    result = subprocess.run(command, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+# --- arguments -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--train_file", "a.txt", "--dataset", "twitter2015"], "exclusive"),
+        (["--train_file", "a.txt", "--learning_rate", "0"], "--learning_rate"),
+        (["--train_file", "a.txt", "--checkpointing_steps", "often"], "--checkpointing_steps"),
+        (["--train_file", "a.txt", "--push_to_hub"], "--hub_model_id"),
+        (["--model_name_or_path", "roberta-base"], "--dataset"),
+    ],
+)
+def test_bad_arguments_are_named(argv, message):
+    with pytest.raises(ValueError, match=message):
+        run_mner.parse_args(argv)
+
+
+def test_no_arguments_means_the_demo():
+    args = run_mner.parse_args([])
+    assert args.demo and args.output_dir == "outputs/demo"
+
+
+# --- image embeddings are computed once ----------------------------------------------------------------------
+
+
+def test_image_embeddings_are_cached_across_runs(twitter_slice, tiny_processor, tmp_path):
+    folder = twitter_slice["folder"]
+    raw = mner_data.load_mner_dataset(
+        train_file=folder / "train.txt", validation_file=folder / "valid.txt", image_dir=twitter_slice["image_dir"]
+    )
+    args = run_mner.parse_args(["--train_file", "x", "--output_dir", str(tmp_path / "out"), "--image_batch_size", "8"])
+    args.cache_dir = str(tmp_path / "cache")
+    accelerator = Accelerator(cpu=True)
+    first, first_counter = run_mner.add_image_embeddings(raw, tiny_processor, args, accelerator)
+    second, second_counter = run_mner.add_image_embeddings(raw, tiny_processor, args, accelerator)
+    assert first_counter["encoder_calls"] > 0
+    assert second_counter["encoder_calls"] == 0  # the second run never runs CLIP
+    for split in raw:
+        assert first[split]["image_embeds"] == second[split]["image_embeds"]
+        for row in first[split]:
+            assert row["has_image"] == (row["image_id"] not in twitter_slice["missing"]), row["image_id"]
+            assert (row["image_error"] is None) == row["has_image"]
+    # each example's own image, never another's
+    row = next(r for r in first["train"] if r["has_image"])
+    expected = tiny_processor.encode_images([row["image_path"]])[0]
+    torch.testing.assert_close(torch.tensor(row["image_embeds"]), expected, atol=1e-5, rtol=0)
+    report = run_mner.image_report(first)
+    assert report["train"]["text_only"] == sum(i in twitter_slice["missing"] for i in raw["train"]["image_id"])
+
+
+# --- training end to end -------------------------------------------------------------------------------------
+
+
+def test_train_evaluate_save_and_reload_in_a_fresh_process(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
+    output = tmp_path / "run"
+    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, output), cwd=tmp_path)
+    summary = json.loads((output / "all_results.json").read_text())
+    assert set(summary["results"]) == {"validation", "test"}
+    assert len(summary["history"]) == 2
+    assert summary["image_report"]["train"]["text_only"] >= 1
+    files = {p.name for p in output.iterdir()}
+    assert {"config.json", "model.safetensors", "processor_config.json", "clip_vision.safetensors", "README.md"} <= files
+    assert {"modeling_promptmner.py", "configuration_promptmner.py", "processing_promptmner.py", "span_utils.py"} <= files
+    card = ModelCard.load(output / "README.md")
+    assert card.data.pipeline_tag == "token-classification"
+    f1 = [r for r in card.data.eval_results if r.dataset_split == "test" and r.metric_type == "f1"]
+    assert f1 and f1[0].metric_value == round(100 * summary["results"]["test"]["f1"], 2)
+
+    tokens = mner_data.read_conll(twitter_slice["folder"] / "test.txt")[0]["tokens"]
+    result = run_without_project(
+        f"""
+        import json, torch
+        from transformers import AutoModel, AutoProcessor
+        processor = AutoProcessor.from_pretrained({str(output)!r}, trust_remote_code=True)
+        model = AutoModel.from_pretrained({str(output)!r}, trust_remote_code=True).eval()
+        inputs = processor({tokens!r}, is_split_into_words=True, images=[None])
+        with torch.no_grad():
+            print(json.dumps(model(**inputs).logits.tolist()))
+        """,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
+    from modeling_promptmner import PromptMNERForSpanNER
+    from processing_promptmner import PromptMNERProcessor
+
+    processor = PromptMNERProcessor.from_pretrained(output)
+    model = PromptMNERForSpanNER.from_pretrained(output).eval()
+    with torch.no_grad():
+        expected = model(**processor(tokens, is_split_into_words=True, images=[None])).logits
+    torch.testing.assert_close(torch.tensor(json.loads(result.strip().splitlines()[-1])), expected, atol=1e-6, rtol=0)
+
+
+def final_weights(output: Path) -> dict:
+    return load_file(output / "model.safetensors")
+
+
+def test_killed_run_resumes_to_the_same_weights(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
+    extra = ("--checkpointing_steps", "2")
+    reference = tmp_path / "uninterrupted"
+    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, reference, *extra), cwd=tmp_path)
+
+    resumed = tmp_path / "resumed"
+    command = [sys.executable, str(REPO_ROOT / "run_mner.py")]
+    command += run_args(twitter_slice, tiny_backbone, clip_config_file, resumed, *extra)
+    process = subprocess.Popen(command, cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints = resumed / run_mner.TRAINING_STATE_DIR / "checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints / "step_2").is_dir():
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (resumed / "model.safetensors").exists(), "the run finished before it could be killed"
+    launch(
+        run_args(twitter_slice, tiny_backbone, clip_config_file, resumed, *extra, "--resume_from_checkpoint", "latest"),
+        cwd=tmp_path,
+    )
+    expected, actual = final_weights(reference), final_weights(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+    # the same later losses, step by step, as the uninterrupted run
+    progress = [json.loads((p / "all_results.json").read_text()) for p in (reference, resumed)]
+    assert progress[1]["step_losses"] == pytest.approx(progress[0]["step_losses"], abs=1e-6)
+    assert [h["dev_f1"] for h in progress[1]["history"]] == [h["dev_f1"] for h in progress[0]["history"]]
+
+
+def test_two_process_ddp_matches_one_process(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
+    """`accelerate launch --num_processes 2` (gloo) with half the per-device batch trains like one process."""
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    base = ("--span_dropout", "0", "--seed", "3")
+    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, one, *base), cwd=tmp_path)
+    two_args = run_args(twitter_slice, tiny_backbone, clip_config_file, two, *base)
+    two_args[two_args.index("--per_device_train_batch_size") + 1] = "4"
+    launch(two_args, cwd=tmp_path, num_processes=2)
+    single, ddp = (json.loads((p / "all_results.json").read_text()) for p in (one, two))
+    assert len(ddp["step_losses"]) == len(single["step_losses"])  # the same global batches
+    assert ddp["step_losses"] == pytest.approx(single["step_losses"], rel=0.02)
+    for split in ("validation", "test"):
+        assert ddp["results"][split]["f1"] == pytest.approx(single["results"][split]["f1"], abs=0.05)
+        assert ddp["results"][split]["number"] == single["results"][split]["number"]
