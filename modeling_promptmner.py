@@ -587,12 +587,15 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
         )
         report["initialised_fresh"] = fresh
         model.loading_report = report
+        derived = {}
+        for how in report["derived"].values():
+            derived[how] = derived.get(how, 0) + 1
         logger.warning(
-            "PromptMNER from backbone %s: %d tensors copied, derived: %s; initialised fresh: %s",
-            getattr(backbone.config, "_name_or_path", type(backbone).__name__),
+            "PromptMNER from backbone %s: %d tensors copied; derived: %s; initialised fresh: %s",
+            getattr(backbone.config, "_name_or_path", None) or type(backbone).__name__,
             len(report["copied"]),
-            sorted(report["derived"]),
-            fresh,
+            ", ".join(f"{how} ({count})" for how, count in derived.items()),
+            ", ".join(fresh),
         )
         return model
 
