@@ -9,7 +9,7 @@ The configuration is a `RobertaConfig` (so any BERT-family checkpoint's fields c
 with the fields the multimodal parts need.
 """
 
-from transformers import RobertaConfig
+from transformers import AutoConfig, RobertaConfig
 
 PROMPT_KINDS = ("continuous", "task_labels", "kb", "expert", "custom")
 DEFAULT_LABELS = ("O", "PER", "LOC", "ORG", "MISC")
@@ -125,3 +125,6 @@ class PromptMNERConfig(RobertaConfig):
 
 
 PromptMNERConfig.register_for_auto_class()
+# Known to AutoConfig in this process, so that loading a saved folder's tokenizer (which reads its config.json)
+# does not stop to ask whether to trust remote code the installed package already provides.
+AutoConfig.register(PromptMNERConfig.model_type, PromptMNERConfig, exist_ok=True)

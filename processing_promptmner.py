@@ -37,8 +37,10 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
 try:
+    from .prompt_vocabularies import TASK_LABELS, explain, load_vocabulary, save_vocabulary_embeds
     from .span_utils import bio_to_spans, decode_spans, span_label_grid
 except ImportError:
+    from prompt_vocabularies import TASK_LABELS, explain, load_vocabulary, save_vocabulary_embeds
     from span_utils import bio_to_spans, decode_spans, span_label_grid
 
 
@@ -47,7 +49,7 @@ logger = logging.get_logger(__name__)
 CLIP_VISION_WEIGHTS_NAME = "clip_vision.safetensors"
 DEFAULT_LABELS = ("O", "PER", "LOC", "ORG", "MISC")
 # The paper's "task labels" vocabulary.
-DEFAULT_PROMPT_VOCABULARY = ("person", "location", "organization")
+DEFAULT_PROMPT_VOCABULARY = TASK_LABELS
 DEFAULT_PROMPT_TEMPLATE = "an image of {}"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -476,7 +478,7 @@ class PromptMNERProcessor(ProcessorMixin):
         image_fill_color (`int`, defaults to 0): padding value of the `"longest"` resize mode.
         prompt_template (`str`, defaults to `"an image of {}"`): prompt with one `{}` for the vocabulary word.
         prompt_vocabulary (`list[str]`, *optional*): prompt words; defaults to the task labels
-            `["person", "location", "organization"]`.
+            `["person", "location", "organization", "miscellaneous"]`.
         labels (`list[str]`, defaults to `["O", "PER", "LOC", "ORG", "MISC"]`): span labels, `labels[0] == "O"`.
         max_span_length (`int`, defaults to 8): longest span in words that the model scores.
         clip_logit_scale (`float`, defaults to 100.0): CLIP's temperature `1/tau` (`logit_scale.exp()`).
@@ -508,6 +510,8 @@ class PromptMNERProcessor(ProcessorMixin):
         **kwargs,
     ):
         _check_tokenizer(tokenizer)
+        if isinstance(prompt_vocabulary, (str, os.PathLike)):  # "kb", "kb+expert", a file...
+            prompt_vocabulary = load_vocabulary(prompt_vocabulary)
         for name, value in (("labels", labels), ("prompt_vocabulary", prompt_vocabulary)):
             if isinstance(value, str):
                 raise ValueError(f"{name} must be a list of strings, got the string {value!r}")
@@ -693,6 +697,10 @@ class PromptMNERProcessor(ProcessorMixin):
             }
             save_file(state_dict, weights_file, metadata={"format": "pt"})
             files.append(weights_file)
+        if self._clip_model is not None:  # CLIP text embeddings of the vocabulary, for explanations
+            files.append(
+                save_vocabulary_embeds(save_directory, self.encode_prompts(), self.prompt_vocabulary, self.prompt_template)
+            )
         if push_to_hub:
             repo_id = push_kwargs.pop("repo_id", Path(save_directory).name)
             self.push_to_hub(repo_id, **push_kwargs)
@@ -923,6 +931,20 @@ class PromptMNERProcessor(ProcessorMixin):
         finally:
             model.train(was_training)
         return torch.cat(chunks).clone()
+
+    def explain_image(self, images, prompt_embeds=None, k: int = 5, *, logit_scale=None, continuous=False,
+                      vocab_embeds=None, num_words: int = 3) -> list[list[dict]]:
+        """Per image, the `k` prompts of highest `p(P_i|I)` (see `prompt_vocabularies.explain`).
+
+        `prompt_embeds` defaults to `encode_prompts()` (needs the text tower); pass a model's
+        `model.promptmner.visual_clues.prompt_embeds` (and its `logit_scale`) to explain that model.
+        """
+        if prompt_embeds is None:
+            prompt_embeds = self.encode_prompts()
+        return explain(
+            self.encode_images(images), prompt_embeds, logit_scale or self.clip_logit_scale, self.prompt_vocabulary,
+            continuous=continuous, vocab_embeds=vocab_embeds, k=k, num_words=num_words,
+        )
 
     # -- text --------------------------------------------------------------------------------------------------
 
@@ -1229,10 +1251,10 @@ class PromptMNERProcessor(ProcessorMixin):
 
     # -- post-processing ---------------------------------------------------------------------------------------
 
-    def decode_word_spans(
+    def span_candidates(
         self, logits: torch.Tensor, num_words: Sequence[int] | torch.Tensor, threshold: float = 0.0
     ) -> list[list[tuple[int, int, str, float]]]:
-        """Word-level entities from span logits: per example, non-overlapping `(start, end, label, score)`.
+        """Per example, every entity candidate `(start, end, label, score)` before overlap resolution.
 
         Args:
             logits: `(B, W, L, C)`; cell `[b, i, d, c]` scores words `i..i+d` of example `b` as label `c`
@@ -1240,8 +1262,7 @@ class PromptMNERProcessor(ProcessorMixin):
             num_words: the number of words of each example (cells past the last word are ignored).
             threshold: minimum probability of a span's predicted label for it to be a candidate.
 
-        Candidates are the valid spans whose argmax label is not `"O"`, scored by that label's probability;
-        [`decode_spans`] keeps the best non-overlapping ones.
+        A candidate is a valid span whose argmax label is not `"O"`, scored by that label's probability.
         """
         if logits.ndim != 4 or logits.shape[-1] != len(self.labels):
             raise ValueError(
@@ -1261,7 +1282,14 @@ class PromptMNERProcessor(ProcessorMixin):
         candidates: list[list[tuple[int, int, str, float]]] = [[] for _ in range(batch)]
         for b, i, d in keep.nonzero().tolist():
             candidates[b].append((i, i + d, self.labels[int(label_ids[b, i, d])], float(scores[b, i, d])))
-        return [decode_spans(example) for example in candidates]
+        return candidates
+
+    def decode_word_spans(
+        self, logits: torch.Tensor, num_words: Sequence[int] | torch.Tensor, threshold: float = 0.0
+    ) -> list[list[tuple[int, int, str, float]]]:
+        """Word-level entities from span logits: per example, the non-overlapping `(start, end, label, score)` that
+        [`decode_spans`] keeps (best score first) among [`~PromptMNERProcessor.span_candidates`]."""
+        return [decode_spans(example) for example in self.span_candidates(logits, num_words, threshold)]
 
     def post_process(self, outputs: Any, inputs: PromptMNERBatch, threshold: float = 0.0) -> list[list[dict]]:
         """Turn span logits into entities, in the token-classification pipeline's aggregated format.

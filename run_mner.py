@@ -36,14 +36,14 @@ from transformers import get_scheduler
 
 import mner_data
 from modeling_promptmner import PromptMNERForSpanNER
+from pipeline_promptmner import WIDGET_EXAMPLES, save_pipeline, usage_snippets
 from processing_promptmner import PromptMNERProcessor, load_tokenizer
+from prompt_vocabularies import initial_prompt_embeds, load_vocabulary, prompt_kind
 from span_utils import bio_to_spans, entity_scores
 
 logger = get_logger(__name__)
 
-# The discrete kinds (KB-retrieved, expert vocabularies) come with the prompt-vocabulary work; until then the
-# discrete option is the task labels, the processor's default vocabulary.
-PROMPT_CHOICES = ("continuous", "task_labels")
+PROMPT_CHOICES = ("continuous", "task_labels", "kb", "expert")  # or a "+"-combination / a vocabulary file
 TRAINING_STATE_DIR = "training"  # checkpoints, best-dev model and logs; never pushed to the Hub
 
 # A small open_clip (ModifiedResNet, like RN50 but tiny) for the offline demo: random weights, since no
@@ -95,7 +95,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--clip_model", default="RN50", help="open_clip model name")
     model.add_argument("--clip_pretrained", default="openai", help="open_clip pretrained tag ('none': random)")
     model.add_argument("--clip_config", help="JSON file with an open_clip model config (random weights)")
-    model.add_argument("--prompts", default="continuous", choices=PROMPT_CHOICES, help="prompt vocabulary kind")
+    model.add_argument(
+        "--prompts", default="continuous", help=f"{' | '.join(PROMPT_CHOICES)}, a '+'-combination (kb+expert) or a file"
+    )
+    model.add_argument(
+        "--prompt_vocabulary",
+        help="vocabulary the processor carries: for continuous prompts, the one they start from (--prompt_init "
+        "vocabulary) and the words explanations name (default: task_labels+kb+expert); discrete: --prompts",
+    )
+    model.add_argument("--prompt_init", default="random", choices=("random", "vocabulary"), help="continuous prompts")
     model.add_argument("--num_prompts", type=int, default=100, help="number of continuous prompts (paper: 100)")
     model.add_argument("--prompt_template", default="an image of {}")
     model.add_argument("--max_span_length", type=int, default=8, help="longest span in words")
@@ -145,6 +153,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
     if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
         raise ValueError(f"--checkpointing_steps must be an integer or 'epoch', got {args.checkpointing_steps!r}")
+    vocabulary_spec = args.prompt_vocabulary or (args.prompts if args.prompts != "continuous" else "task_labels+kb+expert")
+    args.prompt_vocabulary = load_vocabulary(vocabulary_spec)  # ValueError names a bad name / file:line
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id")
 
@@ -274,7 +284,12 @@ class MNERCollator:
 
 def build_processor(args: argparse.Namespace, labels: list[str]) -> PromptMNERProcessor:
     """Tokenizer of the backbone, CLIP (pretrained, or a random one from a config), prompts and labels."""
-    common = dict(labels=labels, max_span_length=args.max_span_length, prompt_template=args.prompt_template)
+    common = dict(
+        labels=labels,
+        max_span_length=args.max_span_length,
+        prompt_template=args.prompt_template,
+        prompt_vocabulary=args.prompt_vocabulary,
+    )
     if args.text_only:  # no CLIP at all: the model only ever takes its text-only path
         return PromptMNERProcessor(load_tokenizer(args.model_name_or_path), clip_config=None, **common)
     clip_config = DEMO_CLIP_CONFIG if args.demo else None
@@ -290,10 +305,15 @@ def build_processor(args: argparse.Namespace, labels: list[str]) -> PromptMNERPr
 
 def build_model(args: argparse.Namespace, processor: PromptMNERProcessor) -> PromptMNERForSpanNER:
     """A new PromptMNER on the text backbone, with the ablation switches applied."""
+    prompt_embeds = None
+    if args.prompts == "continuous" and args.prompt_init == "vocabulary":
+        generator = torch.Generator().manual_seed(args.seed)
+        prompt_embeds = initial_prompt_embeds(args.num_prompts, processor.encode_prompts(), generator)
     return PromptMNERForSpanNER.from_backbone(
         args.model_name_or_path,
         processor=processor,
-        prompts=args.prompts,
+        prompts=prompt_kind(args.prompts),
+        prompt_embeds=prompt_embeds,
         num_prompts=args.num_prompts if args.prompts == "continuous" else None,
         span_dropout=args.span_dropout,
         use_mas=not args.no_mas,
@@ -456,9 +476,8 @@ def end_of_epoch(args, accelerator, model, processor, dev_loader, data, epoch, e
 def save_model_folder(accelerator: Accelerator, model, processor: PromptMNERProcessor, folder: Path) -> None:
     """Model, processor and remote code in one folder, written by the main process only."""
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(folder, safe_serialization=True)
-        processor.save_pretrained(folder)
+    if accelerator.is_main_process:  # model + processor + `custom_pipelines` + pipeline code
+        save_pipeline(accelerator.unwrap_model(model), processor, folder)
     accelerator.wait_for_everyone()
 
 
@@ -514,10 +533,11 @@ def model_card(args: argparse.Namespace, summary: dict, labels: list[str]):
         base_model=None if args.demo else args.model_name_or_path,
         model_name=args.hub_model_id or Path(args.output_dir).name,
         eval_results=eval_results,
-        widget=[{"text": "Kevin Durant arrives in Oklahoma City"}],
+        widget=WIDGET_EXAMPLES,
     )
     repo = args.hub_model_id or "path/to/this/folder"
-    training_args = {k: v for k, v in sorted(vars(args).items()) if k != "hub_token"}
+    training_args = {k: v for k, v in sorted(vars(args).items()) if k not in ("hub_token", "prompt_vocabulary")}
+    training_args["prompt_vocabulary_size"] = len(args.prompt_vocabulary)
     demo_note = f"\n> **Demo model.** {mner_data.DEMO_CORPUS_NOTE}\n" if args.demo else ""
     body = f"""
 # {card_data.model_name}
@@ -532,19 +552,8 @@ and a span classifier labels every word span. Labels: {", ".join(labels[1:])}.
 {results_table(summary["results"])}
 ```
 
-## Usage
-
-```python
-from PIL import Image
-from transformers import AutoModel, AutoProcessor
-
-processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)
-model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)
-inputs = processor(text="Kevin Durant arrives in Oklahoma City", images=Image.open("tweet.jpg"), return_tensors="pt")
-entities = processor.post_process(model(**inputs), inputs)
-```
-
-Pass `images=None` for a text without an image: the model then takes its text-only path.
+{usage_snippets(repo)}
+Without an image the model takes its text-only path.
 
 ## Training arguments
 

@@ -18,6 +18,11 @@ PROJECT_MODULES = (
     "span_utils",
     "mner_data",
     "run_mner",
+    "pipeline_promptmner",
+    "predict_mner",
+    "prompt_vocabularies",
+    "prompt_vocabulary_kb",
+    "explain_prompts",
 )
 
 _BLOCKER = f"""

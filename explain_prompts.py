@@ -1,0 +1,130 @@
+"""Print the visual clues a PromptMNER model sees in an image: its most probable prompts.
+
+    python explain_prompts.py --model outputs/promptmner --image tweet.jpg [--top 10] [--nearest 3] [--json]
+
+Loads the processor and the model saved in `--model` (a folder or a Hub repo id), encodes each image with the
+processor's CLIP image tower, and ranks the MODEL's prompt embeddings by `p(P_i | I)` at the model's temperature.
+Discrete prompts are shown as their vocabulary words. Continuous prompts are shown by index, each with the nearest
+words of the processor's vocabulary when `prompt_vocabulary_embeds.safetensors` (written by a processor that had
+CLIP's text tower) is in the model folder or given with `--vocabulary_embeds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+try:
+    from .prompt_vocabularies import PROMPT_VOCABULARY_EMBEDS_NAME, explain, load_vocabulary_embeds
+except ImportError:
+    from prompt_vocabularies import PROMPT_VOCABULARY_EMBEDS_NAME, explain, load_vocabulary_embeds
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="folder or Hub repo id of a saved model and processor")
+    parser.add_argument("--processor", help="processor folder / repo id, if not the model's")
+    parser.add_argument("--image", required=True, nargs="+", help="image file(s)")
+    parser.add_argument("--top", type=int, default=10, help="prompts shown per image (default 10)")
+    parser.add_argument("--nearest", type=int, default=3, help="nearest vocabulary words per continuous prompt")
+    parser.add_argument("--vocabulary_embeds", help=f"a {PROMPT_VOCABULARY_EMBEDS_NAME} file (continuous prompts)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = parser.parse_args(argv)
+    if args.top < 1 or args.nearest < 1:
+        parser.error("--top and --nearest must be >= 1")
+    return args
+
+
+def find_vocabulary_embeds(model: str, explicit: str | None) -> str | None:
+    """The vocabulary embeddings file: `explicit`, else the one in the model folder / repo, else `None`."""
+    if explicit:
+        return explicit
+    if os.path.isdir(model):
+        path = os.path.join(model, PROMPT_VOCABULARY_EMBEDS_NAME)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(model, PROMPT_VOCABULARY_EMBEDS_NAME)
+    except EntryNotFoundError:
+        return None
+
+
+def explain_images(model, processor, images, top: int = 10, nearest: int = 3, vocab_embeds=None):
+    """`prompt_vocabularies.explain` for image files, with the model's prompts and temperature."""
+    clues = model.promptmner.visual_clues
+    return explain(
+        processor.encode_images(list(images)),
+        clues.prompt_embeds,
+        clues.logit_scale,
+        processor.prompt_vocabulary,
+        continuous=model.config.prompt_kind == "continuous",
+        vocab_embeds=vocab_embeds,
+        k=top,
+        num_words=nearest,
+    )
+
+
+def format_explanation(image: str, entries: list[dict]) -> str:
+    lines = [f"{image}:"]
+    for rank, entry in enumerate(entries, start=1):
+        line = f"  {rank:>2}. {entry['probability']:.4f}  {entry['prompt']}"
+        if "nearest_words" in entry:
+            line += "  ~ " + ", ".join(f"{word} ({cosine:.3f})" for word, cosine in entry["nearest_words"])
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def load(model_path: str, processor_path: str | None = None):
+    """`(model, processor)` saved by `run_mner.py` (or `save_pretrained`) in a folder or a Hub repo."""
+    from transformers import AutoConfig
+
+    try:
+        from .configuration_promptmner import PromptMNERConfig
+        from .modeling_promptmner import PromptMNERForSpanNER
+        from .processing_promptmner import PromptMNERProcessor
+    except ImportError:
+        from configuration_promptmner import PromptMNERConfig
+        from modeling_promptmner import PromptMNERForSpanNER
+        from processing_promptmner import PromptMNERProcessor
+
+    # The tokenizer loader reads the folder's config.json; with the config class registered it needs no
+    # trust_remote_code prompt (which would otherwise wait on stdin when processor and model share a folder).
+    AutoConfig.register(PromptMNERConfig.model_type, PromptMNERConfig, exist_ok=True)
+    processor = PromptMNERProcessor.from_pretrained(processor_path or model_path)
+    model = PromptMNERForSpanNER.from_pretrained(model_path).eval()
+    return model, processor
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model, processor = load(args.model, args.processor)
+    if processor.clip_vision is None:
+        print("error: the processor has no CLIP image tower (text-only model): nothing to explain", file=sys.stderr)
+        return 2
+    vocab_embeds = None
+    if model.config.prompt_kind == "continuous":
+        path = find_vocabulary_embeds(args.model, args.vocabulary_embeds)
+        if path is None:
+            print(
+                f"note: no {PROMPT_VOCABULARY_EMBEDS_NAME}; continuous prompts are shown without nearest words",
+                file=sys.stderr,
+            )
+        else:
+            vocab_embeds, _ = load_vocabulary_embeds(path, processor.prompt_vocabulary, processor.prompt_template)
+    explanations = explain_images(model, processor, args.image, args.top, args.nearest, vocab_embeds)
+    if args.json:
+        print(json.dumps(dict(zip(args.image, explanations)), indent=2))
+    else:
+        header = f"prompt kind: {model.config.prompt_kind}, {model.config.num_prompts} prompts, template "
+        print(header + repr(processor.prompt_template))
+        for image, entries in zip(args.image, explanations):
+            print(format_explanation(image, entries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,476 @@
+"""The `multimodal-ner` pipeline: tweet text (+ image) in, entities in the token-classification format out.
+
+```python
+from transformers import pipeline
+
+ner = pipeline("multimodal-ner", model="org/promptmner-twitter2015", trust_remote_code=True)
+ner({"text": "Kevin Durant arrives in Oklahoma City", "image": "tweet.jpg"})
+# [{"entity_group": "PER", "score": 0.97, "word": "Kevin Durant", "start": 0, "end": 12}, ...]
+ner(["a text without image", {"text": "...", "image": pil_image}], batch_size=8)
+```
+
+[`MultimodalNERPipeline`] is registered as `"multimodal-ner"` when this module is imported, and
+[`save_pipeline`] writes a model folder whose `config.json` names it (`custom_pipelines`), with this file next to
+the model code, so that `pipeline(..., trust_remote_code=True)` finds it from a Hub repo or a folder.
+
+Inputs: a string, a `{"text": str, "image": PIL image | path | numpy array | None}` dict, or a list of these.
+An example without an image takes the model's text-only path (no visual clue tokens). Outputs follow transformers'
+aggregated token-classification format: per example a list of `{"entity_group", "score", "word", "start", "end"}`
+sorted by `start`, where `start` / `end` are character offsets into the input string and
+`word == text[start:end]`.
+
+Long texts. The model reads at most `window` text tokens (special tokens included):
+
+    window = min(tokenizer.model_max_length,
+                 max_position_embeddings - pad_token_id - 1 - (num_prompts + 1 if the example has an image else 0))
+
+since RoBERTa-style position ids start after the padding index and the visual clues (plus their closing separator)
+take positions after the text. A longer text is cut into chunks of whole words that fit, consecutive chunks sharing
+`stride` words (default `2 * max_span_length`), each chunk is run through the processor and the model, and the
+span candidates of all chunks are merged (see [`merge_chunk_candidates`]).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from transformers import AutoModel
+from transformers.pipelines.base import ChunkPipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
+from transformers.utils import logging
+
+try:
+    from .processing_promptmner import PromptMNERProcessor, split_words
+    from .span_utils import decode_spans
+except ImportError:
+    from processing_promptmner import PromptMNERProcessor, split_words
+    from span_utils import decode_spans
+
+
+logger = logging.get_logger(__name__)
+
+TASK = "multimodal-ner"
+INPUT_KEYS = ("text", "image")
+# Right-padding values of the per-chunk tensors when chunks are batched (`None`: the tokenizer's pad id).
+_PAD_VALUES = {"input_ids": None, "attention_mask": 0, "word_start_index": -1, "word_end_index": -1}
+_METADATA_KEYS = ("image", "chunk", "is_last")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chunking and merging (pure functions)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def chunk_word_ranges(token_counts: Sequence[int], budget: int, stride: int) -> list[tuple[int, int]]:
+    """Cut words into consecutive `[start, end)` ranges of at most `budget` tokens, overlapping by `stride` words.
+
+    `token_counts[i]` is the number of tokens of word `i`. A range is extended word by word while it fits. The next
+    range starts `stride` words before the previous end, but shares at most half the previous range and starts late
+    enough to reach the first word the previous one left out, so that every range covers new words. A word longer
+    than `budget` on its own gets a range of its own (the caller shortens it). A text without words gives one empty
+    range, so that every text yields one chunk.
+    """
+    if budget < 1:
+        raise ValueError(f"the token budget must be >= 1, got {budget}")
+    if stride < 0:
+        raise ValueError(f"stride must be >= 0, got {stride}")
+    num_words = len(token_counts)
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    while True:
+        end, used = start, 0
+        while end < num_words and (end == start or used + token_counts[end] <= budget):
+            used += token_counts[end]
+            end += 1
+        ranges.append((start, end))
+        if end >= num_words:
+            return ranges
+        start = end - min(stride, (end - start) // 2)
+        while start < end and sum(token_counts[start : end + 1]) > budget:
+            start += 1
+
+
+def merge_chunk_candidates(
+    candidates: Iterable[tuple[int, int, str, float, bool]],
+) -> list[tuple[int, int, str, float]]:
+    """Merge span candidates pooled from overlapping chunks into non-overlapping entities.
+
+    Each candidate is `(start, end, label, score, at_cut_edge)` in global word indices (`end` inclusive), where
+    `at_cut_edge` says that the span touches a word at which its chunk was cut (the first word of a chunk that does
+    not start the text, or the last word of a chunk that does not end it): such a span may be the visible part of
+    a longer entity, and its context is one-sided.
+
+    The rule:
+
+    1. Duplicates (same words and label, seen in several chunks) become one candidate: away from a cut edge if any
+       chunk saw it there, with the best score among those.
+    2. Candidates away from every cut edge are decoded first, greedily by score ([`decode_spans`]); then candidates
+       at a cut edge fill in only words left uncovered. So a span inside a chunk always beats a (possibly
+       truncated) span at another chunk's edge, whatever their scores.
+
+    With a single chunk nothing is at a cut edge and the result is exactly `decode_spans` of the candidates.
+    """
+    best: dict[tuple[int, int, str], tuple[bool, float]] = {}
+    for start, end, label, score, at_edge in candidates:
+        key, value = (start, end, label), (not at_edge, score)
+        if key not in best or value > best[key]:
+            best[key] = value
+    interior = [(*key, score) for key, (inside, score) in best.items() if inside]
+    edge = [(*key, score) for key, (inside, score) in best.items() if not inside]
+    kept = decode_spans(interior)
+    covered = {index for start, end, _, _ in kept for index in range(start, end + 1)}
+    kept += decode_spans([span for span in edge if covered.isdisjoint(range(span[0], span[1] + 1))])
+    return sorted(kept, key=lambda span: span[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_processor(processor: Any) -> None:
+    """Reject objects that are not a PromptMNER processor (duck-typed: remote code has its own class objects)."""
+    needed = ("tokenizer", "labels", "max_span_length", "load_image", "encode_images", "clip_vision")
+    missing = [name for name in needed if not hasattr(processor, name)]
+    if missing:
+        raise TypeError(
+            f"the multimodal-ner pipeline needs a PromptMNERProcessor, got {type(processor).__name__} "
+            f"(missing {missing}); pass processor=PromptMNERProcessor.from_pretrained(...)"
+        )
+
+
+class MultimodalNERPipeline(ChunkPipeline):
+    """Multimodal named entity recognition with a PromptMNER model: text plus an optional image per example.
+
+    Build it with `pipeline("multimodal-ner", model=..., trust_remote_code=True)` (the processor is loaded from the
+    model's repo or folder), or directly: `MultimodalNERPipeline(model=model, processor=processor, device="cpu")`.
+
+    Call arguments (also accepted at construction):
+        stride (`int`, *optional*): words shared by consecutive chunks of a text longer than the model's window;
+            default `2 * max_span_length`, which puts any entity cut by one chunk whole in the next one, with
+            `max_span_length + 1` or more words of left context.
+        max_length (`int`, *optional*): a smaller window in tokens (special tokens included) than the model's.
+        threshold (`float`, defaults to 0): minimum probability of an entity's label.
+        ignore_labels (`list[str]`, *optional*): entity types to leave out of the output.
+        aggregation_strategy: accepted for compatibility with `token-classification` callers; entities are always
+            whole word spans, so any value gives the same output.
+        batch_size, num_workers, device: as in every transformers pipeline (chunks are what is batched).
+    """
+
+    _load_processor = None  # the factory loads it when it can; `__init__` falls back to the model's folder / repo
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+
+    def __init__(self, model, processor=None, **kwargs):
+        if processor is None:
+            processor = self._processor_for(model)
+        _check_processor(processor)
+        super().__init__(model=model, processor=processor, **kwargs)
+        self._check_labels()
+        if self.model.training:
+            logger.warning("The model is in training mode (dropout is active): call model.eval() for inference")
+
+    @staticmethod
+    def _processor_for(model) -> PromptMNERProcessor:
+        """Load the processor saved next to the model (this module's own class: no further remote code)."""
+        name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", "")
+        if not name:
+            raise ValueError(
+                "the multimodal-ner pipeline needs a processor: pass "
+                "processor=PromptMNERProcessor.from_pretrained(...) (the model has no name_or_path to load it from)"
+            )
+        # Our own class reads the folder: no code from it runs (a tokenizer lookup would otherwise ask about it).
+        return PromptMNERProcessor.from_pretrained(name, trust_remote_code=False)
+
+    def _check_labels(self) -> None:
+        model_labels = [self.model.config.id2label[index] for index in range(self.model.config.num_labels)]
+        if list(self.processor.labels) != model_labels:
+            raise ValueError(f"processor labels {self.processor.labels} differ from the model's {model_labels}")
+
+    # -- parameters ----------------------------------------------------------------------------------------------
+
+    def _sanitize_parameters(
+        self, stride=None, max_length=None, threshold=None, ignore_labels=None, aggregation_strategy=None
+    ):
+        preprocess, postprocess = {}, {}
+        if stride is not None:
+            if not isinstance(stride, int) or isinstance(stride, bool) or stride < 0:
+                raise ValueError(f"stride must be an integer >= 0 (words), got {stride!r}")
+            preprocess["stride"] = stride
+        if max_length is not None:
+            special = self.processor.tokenizer.num_special_tokens_to_add()
+            if not isinstance(max_length, int) or max_length <= special:
+                raise ValueError(f"max_length must be an integer > {special} (the special tokens), got {max_length!r}")
+            preprocess["max_length"] = max_length
+        if threshold is not None:
+            if not 0.0 <= float(threshold) <= 1.0:
+                raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+            postprocess["threshold"] = float(threshold)
+        if ignore_labels is not None:
+            if isinstance(ignore_labels, str):
+                raise ValueError(f"ignore_labels must be a list of labels, got the string {ignore_labels!r}")
+            postprocess["ignore_labels"] = list(ignore_labels)
+        strategy = getattr(aggregation_strategy, "value", aggregation_strategy)
+        if isinstance(strategy, str) and strategy.lower() == "none":
+            logger.warning_once("aggregation_strategy='none' is not supported: PromptMNER predicts whole word spans")
+        return preprocess, {}, postprocess
+
+    def __call__(self, inputs, **kwargs):
+        """Find entities in one example or a list of examples.
+
+        Args:
+            inputs: a string, a `{"text": str, "image": PIL.Image | path | numpy array | None}` dict, or a list of
+                these (a dataset or generator of these streams).
+            kwargs: `stride`, `max_length`, `threshold`, `ignore_labels`, `batch_size`, `num_workers` (see the class).
+
+        Returns:
+            For one example, a list of `{"entity_group", "score", "word", "start", "end"}` dicts sorted by `start`;
+            for a list, one such list per example.
+        """
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list) and not inputs:
+            return []
+        return super().__call__(inputs, **kwargs)
+
+    # -- preprocess ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _parse_input(inputs: Any) -> tuple[str, Any]:
+        """`(text, image or None)` from a string or a `{"text", "image"}` mapping."""
+        if isinstance(inputs, str):
+            return inputs, None
+        if isinstance(inputs, Mapping):
+            unknown = sorted(set(inputs) - set(INPUT_KEYS))
+            if unknown:
+                raise ValueError(f"unknown input keys {unknown}; an input has 'text' and optionally 'image'")
+            text = inputs.get("text")
+            if not isinstance(text, str):
+                raise ValueError(f"input 'text' must be a string, got {type(text).__name__}")
+            return text, inputs.get("image")
+        raise TypeError(
+            f"an input must be a string or a dict with 'text' and optionally 'image', got {type(inputs).__name__}"
+        )
+
+    def _load_image(self, image: Any) -> Image.Image | None:
+        if image is None:
+            return None
+        if self.processor.clip_vision is None:
+            raise ValueError("an image was given but this model's processor is text-only (it has no CLIP image tower)")
+        if not isinstance(image, (Image.Image, str, os.PathLike, np.ndarray)):
+            raise TypeError(f"image must be a PIL image, a file path or a numpy array, got {type(image).__name__}")
+        return self.processor.load_image(image)
+
+    def window(self, has_image: bool) -> int:
+        """The most text tokens (special tokens included) the model can read for one example."""
+        config = self.model.config
+        positions = config.max_position_embeddings - config.pad_token_id - 1
+        if has_image:
+            positions -= config.num_prompts + 1
+        model_max_length = self.processor.tokenizer.model_max_length
+        return min(positions, model_max_length) if model_max_length < 1_000_000 else positions
+
+    def _token_counts(self, words: list[str]) -> list[int]:
+        """Tokens per word, as the processor encodes pre-split words (a word without tokens becomes one unknown)."""
+        if not words:
+            return []
+        encoding = self.processor.tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+        counts = [0] * len(words)
+        for word_id in encoding.word_ids():
+            if word_id is not None:
+                counts[word_id] += 1
+        return [max(count, 1) for count in counts]
+
+    def preprocess(self, inputs, stride: int | None = None, max_length: int | None = None):
+        """Yield one model input per chunk of the example's words (one chunk when the text fits the window)."""
+        text, image = self._parse_input(inputs)
+        image = self._load_image(image)
+        split = split_words(text)
+        words = [word for word, _, _ in split]
+        offsets = [(start, end) for _, start, end in split]
+        window = self.window(image is not None)
+        if max_length is not None:
+            window = min(window, max_length)
+        budget = window - self.processor.tokenizer.num_special_tokens_to_add()
+        counts = self._token_counts(words)
+        stride = 2 * self.processor.max_span_length if stride is None else stride
+        ranges = chunk_word_ranges(counts, budget, stride)
+        unk = self.processor.tokenizer.unk_token
+        for index, (start, end) in enumerate(ranges):
+            # A word longer than the whole window (a garbage string of hundreds of sub-words) is read as unknown.
+            chunk_words = [
+                word if count <= budget or unk is None else unk
+                for word, count in zip(words[start:end], counts[start:end])
+            ]
+            encoding = self.processor(chunk_words, is_split_into_words=True, max_length=window, truncation=True)
+            chunk = {
+                "text": text,
+                "offsets": offsets,
+                "start": start,
+                "num_words": len(encoding.words[0]),
+                "cut_left": start > 0,
+                "cut_right": end < len(words),
+            }
+            yield {**encoding, "image": image, "chunk": chunk, "is_last": index == len(ranges) - 1}
+
+    # -- forward -------------------------------------------------------------------------------------------------
+
+    def _image_inputs(self, images: list[Image.Image | None]) -> dict[str, torch.Tensor]:
+        """CLIP embeddings of the batch's images, each distinct image encoded once; `{}` when there is none."""
+        present = [index for index, image in enumerate(images) if image is not None]
+        if not present:
+            return {}
+        if next(self.processor.clip_vision.parameters()).device != self.device:
+            self.processor.to(self.device)  # CLIP runs where the model runs (moved on first use only)
+        unique: dict[int, int] = {}
+        for index in present:
+            unique.setdefault(id(images[index]), len(unique))
+        distinct = {position: images[index] for index in present for position in [unique[id(images[index])]]}
+        encoded = self.processor.encode_images([distinct[p] for p in range(len(distinct))], batch_size=len(distinct))
+        embeds = torch.zeros(len(images), encoded.shape[1], dtype=encoded.dtype)
+        has_image = torch.zeros(len(images), dtype=torch.bool)
+        for index in present:
+            embeds[index] = encoded[unique[id(images[index])]]
+            has_image[index] = True
+        return {"image_embeds": embeds.to(self.device, self.model.dtype), "has_image": has_image.to(self.device)}
+
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        images, chunks, is_last = (model_inputs.pop(key) for key in _METADATA_KEYS)
+        batched = isinstance(chunks, list)
+        tensors = {**model_inputs, **self._image_inputs(images if batched else [images])}
+        logits = self.model(**tensors).logits  # (B, W, L, C)
+        return {"logits": logits, "chunk": chunks, "is_last": is_last}
+
+    # -- postprocess ---------------------------------------------------------------------------------------------
+
+    def postprocess(self, all_outputs: list[dict[str, Any]], threshold: float = 0.0, ignore_labels=None) -> list[dict]:
+        """Pool the span candidates of the example's chunks, merge them, and map words back to characters."""
+        pooled = []
+        for output in all_outputs:
+            chunk = output["chunk"]
+            last_word = chunk["num_words"] - 1
+            candidates = self.processor.span_candidates(output["logits"], [chunk["num_words"]], threshold)[0]
+            for start, end, label, score in candidates:
+                at_edge = (chunk["cut_left"] and start == 0) or (chunk["cut_right"] and end == last_word)
+                pooled.append((chunk["start"] + start, chunk["start"] + end, label, score, at_edge))
+        text, offsets = all_outputs[0]["chunk"]["text"], all_outputs[0]["chunk"]["offsets"]
+        ignored = set(ignore_labels or ())
+        return [
+            {
+                "entity_group": label,
+                "score": score,
+                "word": text[offsets[start][0] : offsets[end][1]],
+                "start": offsets[start][0],
+                "end": offsets[end][1],
+            }
+            for start, end, label, score in merge_chunk_candidates(pooled)
+            if label not in ignored
+        ]
+
+    # -- batching ------------------------------------------------------------------------------------------------
+
+    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Batch chunks: right-pad the `(1, n)` tensors (word indices with -1), keep the metadata as lists."""
+        batch: dict[str, Any] = {}
+        for key in items[0]:
+            values = [item[key] for item in items]
+            if key in _METADATA_KEYS:
+                batch[key] = values
+                continue
+            pad = _PAD_VALUES.get(key, 0)
+            pad = self.processor.tokenizer.pad_token_id if pad is None else pad
+            width = max(value.shape[1] for value in values)
+            tensor = torch.full((len(values), width), pad, dtype=values[0].dtype)
+            for row, value in enumerate(values):
+                tensor[row, : value.shape[1]] = value[0]
+            batch[key] = tensor
+        return batch
+
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        """`ChunkPipeline.get_iterator` with this pipeline's collate function (word indices pad with -1)."""
+        if "TOKENIZERS_PARALLELISM" not in os.environ:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        if num_workers > 1:
+            logger.warning("Chunked pipelines stream their inputs: using num_workers=1")
+            num_workers = 1
+        dataset = PipelineChunkIterator(inputs, self.preprocess, preprocess_params)
+        collate = (lambda items: items[0]) if batch_size == 1 else self._collate
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate)
+        model_iterator = PipelinePackIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    # -- saving --------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Save the model (with `custom_pipelines` in its config), this pipeline's code, and the processor."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
+
+
+PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=MultimodalNERPipeline, pt_model=AutoModel, type="multimodal")
+
+
+def save_pipeline(model, processor, folder: str | os.PathLike, **save_kwargs: Any) -> None:
+    """Save model, processor and remote code so that `pipeline("multimodal-ner", model=folder, trust_remote_code=True)`
+    works: transformers' `Pipeline.save_pretrained` writes `custom_pipelines` into `config.json` and copies this file
+    (and the files it imports) next to the model code. `save_kwargs` go to `model.save_pretrained`.
+
+    The model is not moved: the pipeline is built on the model's own device.
+    """
+    MultimodalNERPipeline(model=model, processor=processor, device=model.device).save_pretrained(folder, **save_kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model card pieces
+# ----------------------------------------------------------------------------------------------------------------
+
+WIDGET_EXAMPLES = [
+    {"text": "Kevin Durant arrives in Oklahoma City for the game against the Lakers", "example_title": "Sports"},
+    {"text": "RT @CNN: Angela Merkel meets Barack Obama at the White House", "example_title": "Politics"},
+    {"text": "Taylor Swift performs in New York tonight with Ed Sheeran", "example_title": "Music"},
+]
+
+
+def usage_snippets(repo_id: str) -> str:
+    """The model card's usage section (markdown): pipeline, AutoModel + AutoProcessor, and the batch command."""
+    return f"""## Usage
+
+With the `multimodal-ner` pipeline (the output is the aggregated format of the `token-classification` pipeline):
+
+```python
+from transformers import pipeline
+
+ner = pipeline("multimodal-ner", model="{repo_id}", trust_remote_code=True)
+ner({{"text": "Kevin Durant arrives in Oklahoma City", "image": "tweet.jpg"}})  # image: path or PIL image
+ner("Kevin Durant arrives in Oklahoma City")  # no image: the model's text-only path
+ner([{{"text": "...", "image": "a.jpg"}}, "another tweet"], batch_size=16)
+```
+
+With the model and processor:
+
+```python
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+inputs = processor(text="Kevin Durant arrives in Oklahoma City", images=Image.open("tweet.jpg"), return_tensors="pt")
+entities = processor.post_process(model(**inputs), inputs)
+```
+
+Batch prediction over a JSONL file (`{{"text": ..., "image": "path or null", "id": ...}}` per line), with the
+`promptmner` package installed:
+
+```bash
+python predict_mner.py --model {repo_id} --input tweets.jsonl --output entities.jsonl --batch_size 16
+```
+"""

@@ -1,0 +1,439 @@
+"""The `multimodal-ner` pipeline, long-text chunking, the batch prediction command and the model card pieces."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import RobertaConfig, RobertaModel
+
+import predict_mner
+from conftest import TWEET_SENTENCES
+from fresh_process import offline_hub_cache, run_without_project
+from modeling_promptmner import PromptMNERForSpanNER
+from pipeline_promptmner import (
+    WIDGET_EXAMPLES,
+    MultimodalNERPipeline,
+    chunk_word_ranges,
+    merge_chunk_candidates,
+    save_pipeline,
+    usage_snippets,
+)
+
+REPO_ID = "org/promptmner-pipeline-tiny"
+ODD_TEXTS = [
+    "  RT @NBA:  LeBron   James\tscores 40!!! http://t.co/x.  ",
+    "Jean-Luc meets the U.S. team in Zürich 😂😂 #WorldCup",
+    "",
+]
+
+
+def tiny_model(processor, max_position_embeddings: int = 64, num_layers: int = 2) -> PromptMNERForSpanNER:
+    """A small random PromptMNER model whose head is biased so that many spans come out as entities."""
+    torch.manual_seed(0)
+    backbone = RobertaModel(
+        RobertaConfig(
+            vocab_size=len(processor.tokenizer),
+            hidden_size=32,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=max_position_embeddings,
+            type_vocab_size=1,
+            pad_token_id=processor.tokenizer.pad_token_id,
+        )
+    )
+    model = PromptMNERForSpanNER.from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
+    with torch.no_grad():
+        model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_roberta_processor):
+    return tiny_model(tiny_roberta_processor)
+
+
+@pytest.fixture(scope="module")
+def pipe(model, tiny_roberta_processor):
+    return MultimodalNERPipeline(model=model, processor=tiny_roberta_processor, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "tweet.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def reference_entities(model, processor, texts, images=None):
+    """Entities from the processor and the model directly, one batch."""
+    inputs = processor(text=texts, images=images, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs)
+    return processor.post_process(outputs, inputs)
+
+
+def assert_same_entities(actual, expected, tolerance=1e-5):
+    """Same spans, labels and words; scores equal up to float rounding of differently padded batches."""
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        assert [{k: v for k, v in e.items() if k != "score"} for e in got] == [
+            {k: v for k, v in e.items() if k != "score"} for e in want
+        ]
+        assert np.allclose([e["score"] for e in got], [e["score"] for e in want], atol=tolerance, rtol=0)
+
+
+# --- equality with processor + model -----------------------------------------------------------------------------
+
+
+def test_string_input_equals_processor_and_model(pipe, model, tiny_roberta_processor):
+    text = TWEET_SENTENCES[0]
+    expected = reference_entities(model, tiny_roberta_processor, text)[0]
+    assert expected, "the biased tiny model should predict entities"
+    assert pipe(text) == expected  # same single-example computation: exactly equal
+
+
+def test_image_inputs_equal_processor_and_model(pipe, model, tiny_roberta_processor, image_file):
+    text = TWEET_SENTENCES[1]
+    expected = reference_entities(model, tiny_roberta_processor, text, images=str(image_file))
+    assert pipe({"text": text, "image": str(image_file)}) == expected[0]
+    assert pipe({"text": text, "image": Image.open(image_file)}) == expected[0]
+    assert pipe({"text": text, "image": image_file}) == expected[0]
+
+
+def test_list_input_and_batch_size_equal_processor_and_model(pipe, model, tiny_roberta_processor, image_file):
+    texts = TWEET_SENTENCES[:5]
+    images = [None, str(image_file), None, Image.open(image_file), str(image_file)]
+    inputs = [texts[0], {"text": texts[1], "image": images[1]}, {"text": texts[2]}]
+    inputs += [{"text": texts[3], "image": images[3]}, {"text": texts[4], "image": images[4]}]
+    expected = reference_entities(model, tiny_roberta_processor, texts, images=images)
+    one_by_one = pipe(inputs, batch_size=1)
+    assert_same_entities(one_by_one, expected)
+    assert_same_entities(pipe(inputs, batch_size=3), one_by_one)
+    assert_same_entities(pipe(inputs, batch_size=8), one_by_one)
+    assert pipe([]) == []
+
+
+def test_text_without_image_takes_the_text_only_path(pipe, model, tiny_roberta_processor, image_file):
+    text = TWEET_SENTENCES[2]
+    inputs = tiny_roberta_processor(text=text, return_tensors="pt")
+    assert "image_embeds" not in inputs
+    with torch.no_grad():
+        text_only = tiny_roberta_processor.post_process(model(**inputs), inputs)[0]
+    assert pipe(text) == text_only
+    assert pipe({"text": text, "image": None}) == text_only
+    # In a batch next to an example with an image, its visual block is masked out: the same result.
+    mixed = pipe([{"text": TWEET_SENTENCES[0], "image": str(image_file)}, text], batch_size=2)
+    assert_same_entities([mixed[1]], [text_only])
+    with_image = pipe({"text": text, "image": str(image_file)})
+    assert with_image != text_only  # the image does change the prediction of this random model
+
+
+def test_start_end_slice_the_original_string(pipe, image_file):
+    for text in ODD_TEXTS + TWEET_SENTENCES:
+        for inputs in (text, {"text": text, "image": str(image_file)}):
+            entities = pipe(inputs)
+            for entity in entities:
+                assert text[entity["start"] : entity["end"]] == entity["word"]
+                assert set(entity) == {"entity_group", "score", "word", "start", "end"}
+                assert isinstance(entity["score"], float)
+            assert [e["start"] for e in entities] == sorted(e["start"] for e in entities)
+    assert pipe("") == [] and pipe("   ") == []
+
+
+def test_threshold_and_ignore_labels(pipe):
+    text = TWEET_SENTENCES[0]
+    entities = pipe(text)
+    assert all(e["score"] >= 0.25 for e in pipe(text, threshold=0.25))
+    assert len(pipe(text, threshold=0.25)) < len(entities)
+    assert all(e["entity_group"] != "PER" for e in pipe(text, ignore_labels=["PER"]))
+    assert pipe(text, aggregation_strategy="simple") == entities
+
+
+def test_clear_errors_for_bad_inputs(pipe, model, roberta_tokenizer):
+    with pytest.raises(ValueError, match="unknown input keys"):
+        pipe({"text": "hello", "images": "a.png"})
+    with pytest.raises(ValueError, match="'text' must be a string"):
+        pipe({"image": None})
+    with pytest.raises(TypeError, match="string or a dict"):
+        pipe(42)
+    with pytest.raises(FileNotFoundError, match="no_such.png"):
+        pipe({"text": "hello", "image": "no_such.png"})
+    with pytest.raises(ValueError, match="stride"):
+        pipe("hello", stride=-1)
+    with pytest.raises(TypeError, match="PromptMNERProcessor"):
+        MultimodalNERPipeline(model=model, processor=roberta_tokenizer, device="cpu")
+
+
+# --- long texts --------------------------------------------------------------------------------------------------
+
+
+def test_chunk_word_ranges_cover_the_words_within_budget():
+    counts = [1, 2, 1, 3, 1, 1, 2, 1, 1, 1, 4, 1]
+    for budget in (4, 5, 7, 30):
+        for stride in (0, 1, 2, 5):
+            ranges = chunk_word_ranges(counts, budget, stride)
+            assert ranges[0][0] == 0 and ranges[-1][1] == len(counts)
+            for (start, end), (next_start, next_end) in zip(ranges, ranges[1:]):
+                assert start < next_start <= end < next_end  # advancing, overlapping or adjacent, no gap
+            for start, end in ranges:
+                assert sum(counts[start:end]) <= budget or end - start == 1
+    assert chunk_word_ranges([1] * 10, budget=4, stride=2) == [(0, 4), (2, 6), (4, 8), (6, 10)]
+    assert chunk_word_ranges([], budget=4, stride=2) == [(0, 0)]
+    assert chunk_word_ranges([9, 1], budget=4, stride=1) == [(0, 1), (1, 2)]
+
+
+def test_merge_prefers_spans_away_from_cut_edges():
+    candidates = [
+        (10, 10, "LOC", 0.99, True),  # "Oklahoma" alone, at the cut edge of the first chunk
+        (10, 11, "LOC", 0.80, False),  # "Oklahoma City", inside the second chunk
+        (3, 4, "PER", 0.70, False),  # seen by two chunks: inside one, at the edge of the other
+        (3, 4, "PER", 0.90, True),
+        (20, 20, "ORG", 0.60, True),  # at an edge, but nothing else covers it: kept
+    ]
+    assert merge_chunk_candidates(candidates) == [(3, 4, "PER", 0.70), (10, 11, "LOC", 0.80), (20, 20, "ORG", 0.60)]
+    single_chunk = [(0, 1, "PER", 0.6, False), (1, 2, "LOC", 0.7, False)]
+    assert merge_chunk_candidates(single_chunk) == [(1, 2, "LOC", 0.7)]
+
+
+ANCHOR, TAIL = "Oklahoma", "City"
+FILLER = ["we", "watch", "the", "game", "tonight"]
+
+
+def place_name_detector(processor) -> PromptMNERForSpanNER:
+    """A model that labels exactly the two-word span "Oklahoma City" LOC, in any context and at any position.
+
+    The layers' output projections are zeroed, and so are position and token type embeddings, so a token's final
+    hidden state is LayerNorm of its word embedding, whatever surrounds it. The "oklahoma" and "city" embeddings are
+    one-hot on dimensions 0 and 1 (which no other token uses); one span-MLP unit fires on a span starting with
+    "oklahoma", one on a span ending with "city", and LOC beats "O" only when both fire.
+    """
+    model = tiny_model(processor, max_position_embeddings=64, num_layers=1)
+    tokenizer, hidden = processor.tokenizer, model.config.hidden_size
+    anchor, tail = (tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word)) for word in (ANCHOR, TAIL))
+    assert len(anchor) == len(tail) == 1, "the detector needs single-token words"
+    loc = processor.labels.index("LOC")
+    with torch.no_grad():
+        embeddings = model.promptmner.embeddings
+        embeddings.position_embeddings.weight.zero_()
+        embeddings.token_type_embeddings.weight.zero_()
+        embeddings.word_embeddings.weight[:, :2] = 0.0
+        for token, dim in ((anchor[0], 0), (tail[0], 1)):
+            embeddings.word_embeddings.weight[token] = 0.0
+            embeddings.word_embeddings.weight[token, dim] = 10.0
+        for layer in model.promptmner.encoder.layer:
+            for linear in (layer.attention.output.dense, layer.output.dense):
+                linear.weight.zero_()
+                linear.bias.zero_()
+        dense, classifier = model.span_head.dense, model.span_head.classifier
+        dense.weight.zero_()
+        dense.bias.zero_()
+        dense.weight[0, 0] = 1.0  # h_start[0]: the span starts with "oklahoma"
+        dense.weight[1, hidden + 1] = 1.0  # h_end[1]: the span ends with "city"
+        dense.bias[:2] = -4.0
+        classifier.weight.zero_()
+        classifier.bias.copy_(torch.full((len(processor.labels),), -10.0))
+        classifier.bias[0] = 0.0
+        classifier.bias[loc] = -20.0
+        classifier.weight[loc, :2] = 10.0
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def detector_pipe(tiny_processor):
+    return MultimodalNERPipeline(model=place_name_detector(tiny_processor), processor=tiny_processor, device="cpu")
+
+
+def long_text(num_words: int, entity_positions: list[int]) -> str:
+    words = [FILLER[i % len(FILLER)] for i in range(num_words)]
+    for position in entity_positions:
+        words[position : position + 2] = [ANCHOR, TAIL]
+    return " ".join(words)
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_long_text_entity_straddling_a_chunk_boundary_is_found_once(detector_pipe, image_file, with_image):
+    pipe = detector_pipe
+    window = pipe.window(has_image=with_image)  # 64 positions - pad id 0 - 1 (- 5 prompts - 1 with an image)
+    assert window == (57 if with_image else 63)
+    budget = window - pipe.processor.tokenizer.num_special_tokens_to_add()
+    cut = budget  # every filler word is one token, so the first chunk holds words 0 .. budget - 1
+    # One entity straddles the first cut; another lies inside the overlap of the first two chunks.
+    text = long_text(3 * budget, [cut - 1, cut - 6])
+    make = (lambda t: {"text": t, "image": str(image_file)}) if with_image else (lambda t: t)
+    ranges = chunk_word_ranges([1] * (3 * budget), budget, stride=2 * pipe.processor.max_span_length)
+    assert ranges[0] == (0, cut) and ranges[1][0] <= cut - 6 and len(ranges) >= 3
+
+    expected_starts = [m.start() for m in re.finditer(f"{ANCHOR} {TAIL}", text)]
+    for batch_size in (1, 4):
+        entities = pipe(make(text), batch_size=batch_size)
+        assert [(e["entity_group"], e["word"], e["start"]) for e in entities] == [
+            ("LOC", f"{ANCHOR} {TAIL}", start) for start in expected_starts
+        ]
+        assert all(e["score"] > 0.99 for e in entities)
+    # Control: without overlap, the straddling entity is cut in two and lost; the other one is still found.
+    no_overlap = pipe(make(text), stride=0)
+    assert [e["start"] for e in no_overlap] == expected_starts[:1]
+    # A short text is one chunk: the detector finds the entity there too.
+    assert [e["word"] for e in pipe(make(f"we watch {ANCHOR} {TAIL} tonight"))] == [f"{ANCHOR} {TAIL}"]
+
+
+def test_long_text_with_a_random_model_keeps_offsets(pipe, image_file):
+    text = " ".join(TWEET_SENTENCES * 2)
+    for inputs in (text, {"text": text, "image": str(image_file)}):
+        entities = pipe(inputs, batch_size=4)
+        assert entities and all(text[e["start"] : e["end"]] == e["word"] for e in entities)
+        words = [(e["start"], e["end"]) for e in entities]
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(words, words[1:]))  # no overlap
+
+
+# --- saved with the model, loaded by repo id in a fresh process ---------------------------------------------------
+
+
+def test_pipeline_loads_by_repo_id_in_a_fresh_process(pipe, model, tiny_roberta_processor, image_file, tmp_path):
+    folder = tmp_path / "saved"
+    save_pipeline(model, tiny_roberta_processor, folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["custom_pipelines"]["multimodal-ner"]["impl"] == "pipeline_promptmner.MultimodalNERPipeline"
+    assert (folder / "pipeline_promptmner.py").is_file() and (folder / "processor_config.json").is_file()
+
+    (tmp_path / "tweet.png").write_bytes(image_file.read_bytes())
+    inputs = [TWEET_SENTENCES[0], {"text": TWEET_SENTENCES[1], "image": "tweet.png"}]
+    expected = pipe([inputs[0], {"text": TWEET_SENTENCES[1], "image": str(image_file)}])
+    cache = tmp_path / "hub"
+    offline_hub_cache(folder, cache, REPO_ID)
+    output = run_without_project(
+        f"""
+        import json
+        from transformers import pipeline
+
+        ner = pipeline("multimodal-ner", model={REPO_ID!r}, trust_remote_code=True, device="cpu")
+        print(json.dumps({{
+            "pipeline_class": type(ner).__module__ + "." + type(ner).__name__,
+            "processor_class": type(ner.processor).__module__ + "." + type(ner.processor).__name__,
+            "entities": ner({inputs!r}, batch_size=2),
+        }}))
+        """,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
+    result = json.loads(output.strip().splitlines()[-1])
+    assert result["pipeline_class"].startswith("transformers_modules.")
+    assert result["pipeline_class"].endswith("pipeline_promptmner.MultimodalNERPipeline")
+    assert result["processor_class"].startswith("transformers_modules.")
+    assert_same_entities(result["entities"], expected)
+
+
+def test_processor_found_next_to_the_model_and_factory_with_objects(saved_folder, pipe, model, tiny_roberta_processor):
+    from transformers import pipeline
+
+    text = TWEET_SENTENCES[0]
+    loaded = PromptMNERForSpanNER.from_pretrained(saved_folder).eval()
+    assert MultimodalNERPipeline(model=loaded, device="cpu")(text) == pipe(text)  # processor loaded from the folder
+    ner = pipeline("multimodal-ner", model=model, processor=tiny_roberta_processor, device="cpu")
+    assert isinstance(ner, MultimodalNERPipeline) and ner(text) == pipe(text)
+
+
+# --- the batch prediction command ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_folder(model, tiny_roberta_processor, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    save_pipeline(model, tiny_roberta_processor, folder)
+    return folder
+
+
+def write_jsonl(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_command_writes_error_records_and_all_good_lines(saved_folder, pipe, image_file, tmp_path):
+    lines = [
+        json.dumps({"id": "a", "text": TWEET_SENTENCES[0]}),
+        '{"id": "b", "text": "broken',  # invalid JSON
+        json.dumps({"id": "c", "text": TWEET_SENTENCES[1], "image": image_file.name}),
+        json.dumps({"id": "d", "text": TWEET_SENTENCES[2], "image": "missing.jpg"}),
+        "",  # blank: skipped
+        json.dumps({"text": TWEET_SENTENCES[3], "image": None}),
+        json.dumps({"id": "f", "image": image_file.name}),  # no text
+        json.dumps([1, 2]),
+        json.dumps({"id": 7, "text": TWEET_SENTENCES[4]}),
+    ]
+    source, target = tmp_path / "in.jsonl", tmp_path / "out" / "entities.jsonl"
+    write_jsonl(source, lines)
+    args = ["--model", str(saved_folder), "--input", str(source), "--output", str(target)]
+    status = predict_mner.main(args + ["--batch_size", "3", "--image_dir", str(image_file.parent)])
+    assert status == 0
+    records = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 6, 7, 8, 9]
+    assert [r.get("id") for r in records] == ["a", None, "c", "d", None, "f", None, 7]
+    errors = {r["line"]: r["error"] for r in records if "error" in r}
+    assert set(errors) == {2, 4, 7, 8}
+    assert errors[2].startswith("ValueError: invalid JSON")
+    assert errors[4].startswith("FileNotFoundError") and "missing.jpg" in errors[4]
+    assert "'text' must be a string" in errors[7]
+    assert "JSON object" in errors[8]
+    good = {r["line"]: r["entities"] for r in records if "entities" in r}
+    expected = pipe(
+        [
+            TWEET_SENTENCES[0],
+            {"text": TWEET_SENTENCES[1], "image": str(image_file)},
+            TWEET_SENTENCES[3],
+            TWEET_SENTENCES[4],
+        ]
+    )
+    assert_same_entities([good[1], good[3], good[6], good[9]], expected)
+
+    write_jsonl(source, ['{"text": 1}', "not json"])
+    assert predict_mner.main(args) == 1  # nothing succeeded
+    assert len(target.read_text().splitlines()) == 2
+
+
+def test_command_keeps_finished_batches_when_interrupted(saved_folder, pipe, tmp_path):
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(source, [json.dumps({"text": text}) for text in TWEET_SENTENCES[:5]])
+    calls = []
+
+    def crashing_pipe(inputs, **kwargs):
+        calls.append(len(inputs))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return pipe(inputs, **kwargs)
+
+    crashing_pipe.processor = pipe.processor
+    args = predict_mner.parse_args(["--model", "unused", "--input", str(source), "--output", str(target)])
+    args.batch_size = 2
+    with pytest.raises(KeyboardInterrupt):
+        predict_mner.run(args, pipe=crashing_pipe)
+    records = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 2] and all("entities" in r for r in records)
+
+
+# --- model card ---------------------------------------------------------------------------------------------------
+
+
+def test_model_card_with_usage_and_widget_parses():
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="token-classification",
+        tags=["multimodal-ner"],
+        widget=WIDGET_EXAMPLES,
+    )
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n# Model\n\n{usage_snippets('org/promptmner-tiny')}")
+    parsed = ModelCard(str(card))
+    assert parsed.data.pipeline_tag == "token-classification"
+    assert [example["text"] for example in parsed.data.widget] == [example["text"] for example in WIDGET_EXAMPLES]
+    blocks = re.findall(r"```python\n(.*?)```", parsed.text, flags=re.DOTALL)
+    assert len(blocks) == 2 and all("org/promptmner-tiny" in block for block in blocks)
+    for block in blocks:
+        ast.parse(block)  # the snippets are valid Python
+    assert 'pipeline("multimodal-ner"' in blocks[0] and "AutoProcessor" in blocks[1]
