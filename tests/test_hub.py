@@ -5,9 +5,9 @@ import json
 import numpy as np
 import torch
 from PIL import Image
-from transformers import RobertaConfig, RobertaModel
 
 from fresh_process import offline_hub_cache, run_without_project
+from tiny_models import tiny_roberta
 from modeling_promptmner import PromptMNERForSpanNER
 
 REPO_ID = "org/promptmner-tiny"
@@ -15,19 +15,8 @@ TEXT = "Kevin Durant arrives in Oklahoma City"
 
 
 def tiny_model(processor) -> PromptMNERForSpanNER:
-    torch.manual_seed(0)
-    backbone = RobertaModel(
-        RobertaConfig(
-            vocab_size=len(processor.tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            max_position_embeddings=64,
-            type_vocab_size=1,
-            pad_token_id=processor.tokenizer.pad_token_id,
-        )
-    )
+    tokenizer = processor.tokenizer
+    backbone = tiny_roberta(len(tokenizer), tokenizer.pad_token_id, max_positions=64)
     model = PromptMNERForSpanNER.from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
     with torch.no_grad():  # a trained-looking head, so that some spans come out as entities
         model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))

@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
-from transformers import BertModel, RobertaConfig, RobertaModel
+from transformers import BertModel
 
 from configuration_promptmner import PromptMNERConfig
+from tiny_models import tiny_roberta
 from modeling_promptmner import (
     PromptMNERForSpanNER,
     PromptMNERModel,
@@ -99,21 +100,6 @@ def minilm_path() -> str:
 
 
 # --- parity with transformers' encoders ---------------------------------------------------------------------
-
-
-def tiny_roberta(seed: int = 0) -> RobertaModel:
-    torch.manual_seed(seed)
-    config = RobertaConfig(
-        vocab_size=120,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=40,
-        type_vocab_size=1,
-        pad_token_id=1,
-    )
-    return RobertaModel(config, add_pooling_layer=True).eval()
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import RobertaConfig, RobertaModel
 
 import predict_mner
 from conftest import TWEET_SENTENCES
 from fresh_process import offline_hub_cache, run_without_project
+from tiny_models import tiny_roberta
 from modeling_promptmner import PromptMNERForSpanNER
 from pipeline_promptmner import (
     WIDGET_EXAMPLES,
@@ -35,19 +35,8 @@ ODD_TEXTS = [
 
 def tiny_model(processor, max_position_embeddings: int = 64, num_layers: int = 2) -> PromptMNERForSpanNER:
     """A small random PromptMNER model whose head is biased so that many spans come out as entities."""
-    torch.manual_seed(0)
-    backbone = RobertaModel(
-        RobertaConfig(
-            vocab_size=len(processor.tokenizer),
-            hidden_size=32,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            intermediate_size=37,
-            max_position_embeddings=max_position_embeddings,
-            type_vocab_size=1,
-            pad_token_id=processor.tokenizer.pad_token_id,
-        )
-    )
+    tokenizer = processor.tokenizer
+    backbone = tiny_roberta(len(tokenizer), tokenizer.pad_token_id, max_position_embeddings, num_layers)
     model = PromptMNERForSpanNER.from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
     with torch.no_grad():
         model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))

@@ -14,11 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import BertConfig, BertModel
+from transformers import BertModel
 
 import explain_prompts
 import prompt_vocabularies as pv
 import prompt_vocabulary_kb
+import tiny_models
 from modeling_promptmner import PromptMNERForSpanNER
 from processing_promptmner import PromptMNERProcessor
 
@@ -52,17 +53,7 @@ def user_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_bert(bert_tokenizer) -> BertModel:
     """A random 2-layer BERT on the real MiniLM vocabulary, long enough for hundreds of visual tokens."""
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(bert_tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=512,
-        pad_token_id=bert_tokenizer.pad_token_id,
-    )
-    return BertModel(config).eval()
+    return tiny_models.tiny_bert(len(bert_tokenizer), bert_tokenizer.pad_token_id)
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ from accelerate import Accelerator
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import RobertaConfig, RobertaModel
 
 import mner_data
 import run_mner
 from fresh_process import run_without_project
+from tiny_models import tiny_roberta
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TWITTER2015 = REPO_ROOT.parent / "shared" / "data" / "twitter2015"
@@ -32,18 +32,7 @@ TWITTER2015 = REPO_ROOT.parent / "shared" / "data" / "twitter2015"
 def tiny_backbone(tmp_path_factory, roberta_tokenizer) -> Path:
     """A random 2-layer RoBERTa saved with the real byte-level BPE tokenizer of the tests."""
     folder = tmp_path_factory.mktemp("backbone")
-    torch.manual_seed(0)
-    config = RobertaConfig(
-        vocab_size=len(roberta_tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=128,
-        type_vocab_size=1,
-        pad_token_id=roberta_tokenizer.pad_token_id,
-    )
-    RobertaModel(config).save_pretrained(folder)
+    tiny_roberta(len(roberta_tokenizer), roberta_tokenizer.pad_token_id, max_positions=128).save_pretrained(folder)
     roberta_tokenizer.save_pretrained(folder)
     return folder
 
