@@ -46,11 +46,15 @@ logger = get_logger(__name__)
 PROMPT_CHOICES = ("continuous", "task_labels", "kb", "expert")  # or a "+"-combination / a vocabulary file
 TRAINING_STATE_DIR = "training"  # checkpoints, best-dev model and logs; never pushed to the Hub
 
-# A small open_clip (ModifiedResNet, like RN50 but tiny) for the offline demo: random weights, since no
-# pretrained CLIP can be downloaded there. Real runs use `--clip_model RN50 --clip_pretrained openai`.
+# A small open_clip for the offline demo, with random weights since no pretrained CLIP can be downloaded there
+# (real runs: `--clip_model RN50 --clip_pretrained openai`). A tiny ViT that averages its patch tokens: a random
+# ModifiedResNet maps every image to nearly the same direction (open_clip zero-initialises the last norm of each
+# residual branch, so the attention pool's biases dominate), which hides the image from cosine scoring. The
+# temperature starts at pretrained CLIP's 100.
 DEMO_CLIP_CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+    "init_logit_scale": 4.605170185988092,  # ln(100)
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32, "pool_type": "avg"},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
 }
 DEMO_ARGS = [
@@ -58,9 +62,9 @@ DEMO_ARGS = [
     "--output_dir", "outputs/demo",
     "--prompts", "continuous",
     "--num_prompts", "16",
-    "--num_train_epochs", "6",
+    "--num_train_epochs", "8",
     "--per_device_train_batch_size", "16",
-    "--learning_rate", "1e-4",
+    "--learning_rate", "3e-4",
     "--span_dropout", "0.1",
 ]  # fmt: skip
 
@@ -80,6 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--train_file", help="CoNLL+IMGID training file")
     data.add_argument("--validation_file", help="CoNLL+IMGID development file")
     data.add_argument("--test_file", help="CoNLL+IMGID test file")
+    data.add_argument(
+        "--hf_dataset",
+        help="a `datasets` dataset (Hub id, or a folder saved with save_to_disk) with tokens, ner_tags and image columns",
+    )
+    data.add_argument("--tokens_column", default="tokens")
+    data.add_argument("--tags_column", default="ner_tags")
+    data.add_argument("--image_column", default="image")
     data.add_argument("--max_train_samples", type=int, help="use only the first N training examples")
     data.add_argument("--max_eval_samples", type=int, help="use only the first N dev and test examples")
     data.add_argument("--max_length", type=int, default=256, help="max text tokens (whole words are kept)")
@@ -140,10 +151,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def validate_args(args: argparse.Namespace) -> None:
     """Reject inconsistent arguments with a `ValueError` that names them."""
-    if not args.demo and not args.dataset and not args.train_file:
-        raise ValueError("give --dataset, --train_file (with --validation_file/--test_file) or --demo")
-    if args.dataset and args.train_file:
-        raise ValueError("--dataset and --train_file are exclusive")
+    sources = [name for name in ("dataset", "train_file", "hf_dataset") if getattr(args, name)]
+    if not args.demo and not sources:
+        raise ValueError("give --dataset, --train_file (with --validation_file/--test_file), --hf_dataset or --demo")
+    if len(sources) > 1:
+        raise ValueError(f"{' and '.join('--' + name for name in sources)} are exclusive")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs", "num_prompts"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -168,6 +180,8 @@ def load_raw_datasets(args: argparse.Namespace) -> datasets.DatasetDict:
         data_dir = Path(args.data_dir or Path(args.output_dir) / "data")
         files = mner_data.make_demo_corpus(data_dir, seed=args.seed)
         image_dir, extension = data_dir / "images", ".png"
+    elif args.hf_dataset:
+        return limit_samples(load_hf_dataset(args), args)
     elif args.dataset:
         files = mner_data.fetch_twitter(
             args.dataset, args.data_dir or f"data/{args.dataset}", allow_unverified=args.allow_unverified_data
@@ -183,11 +197,27 @@ def load_raw_datasets(args: argparse.Namespace) -> datasets.DatasetDict:
         image_dir=image_dir,
         image_extension=extension,
     )
+    return limit_samples(raw, args)
+
+
+def load_hf_dataset(args: argparse.Namespace) -> datasets.DatasetDict:
+    """A `datasets` dataset from the Hub or from `save_to_disk`, converted to the reader's columns."""
+    if Path(args.hf_dataset).is_dir():
+        dataset = datasets.load_from_disk(args.hf_dataset)
+    else:
+        dataset = datasets.load_dataset(args.hf_dataset)
+    if not isinstance(dataset, datasets.DatasetDict):
+        raise ValueError(f"--hf_dataset {args.hf_dataset}: needs named splits (train, validation[, test])")
+    return mner_data.from_hf_dataset(dataset, args.tokens_column, args.tags_column, args.image_column)
+
+
+def limit_samples(raw: datasets.DatasetDict, args: argparse.Namespace) -> datasets.DatasetDict:
+    """`--max_train_samples` / `--max_eval_samples`, and the check that train and validation exist."""
     for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples), ("test", args.max_eval_samples)):
         if limit is not None and split in raw:
             raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
     if "train" not in raw or "validation" not in raw:
-        raise ValueError("training needs a train and a validation split")
+        raise ValueError(f"training needs a train and a validation split, got {sorted(raw)}")
     return raw
 
 
@@ -199,6 +229,8 @@ def embedding_fingerprint(dataset: datasets.Dataset, processor: PromptMNERProces
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     digest.update(json.dumps([processor.image_size, processor.image_mean, processor.image_std,
                               processor.image_interpolation, processor.image_resize_mode]).encode())  # fmt: skip
+    for image in dataset["image"] if "image" in dataset.column_names else ():  # images stored in the dataset
+        digest.update(image["bytes"] if image and image.get("bytes") else str(image).encode())
     for path in dataset["image_path"]:
         stat = os.stat(path) if path and os.path.isfile(path) else None
         digest.update(f"{path}|{stat.st_size if stat else -1}|{stat.st_mtime_ns if stat else -1}".encode())
@@ -208,12 +240,16 @@ def embedding_fingerprint(dataset: datasets.Dataset, processor: PromptMNERProces
 def image_embedding_function(processor: PromptMNERProcessor, counter: dict):
     """A batched `datasets.map` function adding `image_embeds`, `has_image` and `image_error` columns."""
 
+    decode = datasets.Image().decode_example
+
     def embed(batch: dict) -> dict:
         images, errors = [], []
-        for path in batch["image_path"]:
+        stored = batch.get("image") or [None] * len(batch["image_path"])
+        for path, image in zip(batch["image_path"], stored):
+            source = decode(image) if image is not None else path
             try:
-                images.append(processor.load_image(path) if path else None)
-                errors.append(None if path else "no image")
+                images.append(processor.load_image(source) if source is not None else None)
+                errors.append(None if source is not None else "no image")
             except (OSError, ValueError) as err:  # missing or unreadable: this example takes the text-only path
                 images.append(None)
                 errors.append(f"{type(err).__name__}: {err}")
@@ -239,6 +275,8 @@ def add_image_embeddings(
     out = datasets.DatasetDict()
     with accelerator.main_process_first():
         for split, dataset in raw.items():
+            if "image" in dataset.column_names:  # images stored in the dataset: read their bytes, decode on demand
+                dataset = dataset.cast_column("image", datasets.Image(decode=False))
             fingerprint = embedding_fingerprint(dataset, processor)
             out[split] = dataset.map(
                 image_embedding_function(processor, counter),
@@ -595,6 +633,7 @@ def run(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     train(args, accelerator, model, processor, data, collator)
     summary = final_evaluation(args, accelerator, processor, data, collator)
     summary["train_runtime_s"] = round(time.time() - started, 1)
+    write_summary(accelerator, args.output_dir, summary)
     return summary
 
 

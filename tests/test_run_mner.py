@@ -285,3 +285,42 @@ def test_no_argument_default_runs_offline_to_completion(tmp_path):
         cwd=tmp_path,
         env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
     )
+
+
+def test_trains_on_a_datasets_dataset_with_image_column(tiny_backbone, clip_config_file, tmp_path):
+    """A `datasets` dataset with integer `ner_tags` (ClassLabel) and an `Image` column, saved with save_to_disk."""
+    import datasets
+
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    rng = np.random.default_rng(0)
+    rows = {"tokens": [], "ner_tags": [], "image": []}
+    for index in range(24):
+        rows["tokens"].append(["Kevin", "Durant", "visits", "Oklahoma", "City", str(index)])
+        rows["ner_tags"].append([1, 2, 0, 3, 4, 0])
+        image = None if index % 5 == 0 else Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+        rows["image"].append(image)
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+            "image": datasets.Image(),
+        }
+    )
+    full = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": full.select(range(16)), "validation": full.select(range(16, 24))}).save_to_disk(
+        tmp_path / "ds"
+    )
+    output = tmp_path / "out"
+    launch(
+        [
+            "--hf_dataset", str(tmp_path / "ds"),
+            "--model_name_or_path", str(tiny_backbone),
+            "--clip_config", str(clip_config_file),
+            "--num_prompts", "4", "--max_span_length", "4", "--num_train_epochs", "1",
+            "--per_device_train_batch_size", "8", "--output_dir", str(output), "--cache_dir", str(tmp_path / "cache"),
+        ],  # fmt: skip
+        cwd=tmp_path,
+    )
+    summary = json.loads((output / "all_results.json").read_text())
+    assert summary["image_report"]["train"] == {"examples": 16, "text_only": 4, "first_errors": ["no image"] * 3}
+    assert json.loads((output / "config.json").read_text())["id2label"] == {"0": "O", "1": "LOC", "2": "PER"}
