@@ -113,24 +113,30 @@ class PromptMNEREmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.padding_idx = config.pad_token_id
+        self.sep_token_id = config.sep_token_id  # closes the visual clue segment
 
     def forward(
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor,
-        visual_inputs: torch.FloatTensor | None = None,
+        clue_embeds: torch.FloatTensor | None = None,
     ) -> torch.FloatTensor:
+        """Text `(B, T)` and, if given, projected clues `(B, K, H)` followed by the closing [SEP] -> `(B, T + V, H)`."""
         positions = text_position_ids(attention_mask, self.padding_idx)  # (B, T)
         types = torch.full_like(input_ids, TEXT)
-        embeds = self.word_embeddings(input_ids)  # (B, T, H)
-        if visual_inputs is not None:
-            batch_size, visual_length, _ = visual_inputs.shape
+        if clue_embeds is None:
+            embeds = self.word_embeddings(input_ids)  # (B, T, H)
+        else:
+            batch_size, text_length = input_ids.shape
+            sep_ids = torch.full((batch_size, 1), self.sep_token_id, dtype=input_ids.dtype, device=input_ids.device)
+            words = self.word_embeddings(torch.cat([input_ids, sep_ids], dim=1))  # one lookup: (B, T + 1, H)
+            visual_inputs = torch.cat([clue_embeds, words[:, text_length:].to(clue_embeds.dtype)], dim=1)  # (B, V, H)
             text_lengths = attention_mask.sum(dim=1, keepdim=True)  # (B, 1)
-            offsets = torch.arange(visual_length, device=input_ids.device)  # (V,)
+            offsets = torch.arange(visual_inputs.shape[1], device=input_ids.device)  # (V,)
             visual_positions = self.padding_idx + 1 + text_lengths + offsets  # (B, V)
             positions = torch.cat([positions, visual_positions], dim=1)  # (B, T + V)
             types = torch.cat([types, torch.full_like(visual_positions, VISUAL)], dim=1)  # (B, T + V)
-            embeds = torch.cat([embeds, visual_inputs], dim=1)  # (B, T + V, H)
+            embeds = torch.cat([words[:, :text_length], visual_inputs], dim=1)  # (B, T + V, H)
         if positions.max() >= self.position_embeddings.num_embeddings:
             raise ValueError(
                 f"A sequence needs position {int(positions.max())} but the model has "
@@ -250,8 +256,8 @@ class PromptMNERSelfAttention(nn.Module):
         text_query = torch.cat([self.split_heads(tt(text)), self.split_heads(tv(text))], dim=-1)  # (B, h, T, 2d)
         visual_query = torch.cat([self.split_heads(vt(visual)), self.split_heads(vv(visual))], dim=-1)  # (B, h, V, 2d)
         text_key, visual_key = key[:, :, :text_length], key[:, :, text_length:]
-        text_key = torch.cat([text_key, torch.zeros_like(text_key)], dim=-1)  # (B, h, T, 2d): [k ; 0]
-        visual_key = torch.cat([torch.zeros_like(visual_key), visual_key], dim=-1)  # (B, h, V, 2d): [0 ; k]
+        text_key = F.pad(text_key, (0, self.head_dim))  # (B, h, T, 2d): [k ; 0]
+        visual_key = F.pad(visual_key, (self.head_dim, 0))  # (B, h, V, 2d): [0 ; k]
         query = torch.cat([text_query, visual_query], dim=2)  # (B, heads, L, 2d)
         return query, torch.cat([text_key, visual_key], dim=2)  # (B, heads, L, 2d)
 
@@ -376,13 +382,10 @@ class PromptMNERModel(PromptMNERPreTrainedModel):
         self.embeddings.word_embeddings = value
 
     def visual_block(self, image_embeds, has_image):
-        """Clue tokens plus the closing [SEP] `(B, K + 1, H)`, their mask `(B, K + 1)` and `p(P_i|I)` `(B, K)`."""
+        """Projected clues `(B, K, H)`, the mask of the visual block (clues + [SEP]) `(B, K + 1)`, `p(P_i|I)` `(B, K)`."""
         clues, probs = self.visual_clues(image_embeds)  # (B, K, H), (B, K)
-        batch_size = clues.shape[0]
-        sep_ids = torch.full((batch_size, 1), self.config.sep_token_id, device=clues.device)
-        visual_inputs = torch.cat([clues, self.embeddings.word_embeddings(sep_ids).to(clues.dtype)], dim=1)
-        visual_mask = has_image[:, None].expand(-1, visual_inputs.shape[1])  # (B, K + 1)
-        return visual_inputs, visual_mask, probs * has_image[:, None]
+        visual_mask = has_image[:, None].expand(-1, clues.shape[1] + 1)  # (B, K + 1)
+        return clues, visual_mask, probs * has_image[:, None]
 
     def forward(
         self,
@@ -411,14 +414,14 @@ class PromptMNERModel(PromptMNERPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         text_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        visual_inputs, prompt_probs, mask = None, None, text_mask
+        clue_embeds, prompt_probs, mask = None, None, text_mask
         if image_embeds is not None:
             if has_image is None:
                 has_image = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             if has_image.any():
-                visual_inputs, visual_mask, prompt_probs = self.visual_block(image_embeds, has_image.bool())
+                clue_embeds, visual_mask, prompt_probs = self.visual_block(image_embeds, has_image.bool())
                 mask = torch.cat([text_mask, visual_mask], dim=1)  # (B, T + V)
-        hidden_states = self.embeddings(input_ids, text_mask, visual_inputs)  # (B, T + V, H)
+        hidden_states = self.embeddings(input_ids, text_mask, clue_embeds)  # (B, T + V, H)
         hidden_states, all_hidden_states, all_attentions = self.encoder(
             hidden_states, mask, input_ids.shape[1], output_attentions, output_hidden_states
         )
