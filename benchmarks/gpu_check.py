@@ -21,27 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configuration_promptmner import PromptMNERConfig  # noqa: E402
 from modeling_promptmner import PromptMNERForSpanNER  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import make_batch  # noqa: E402  (the same random batch as the CPU benchmark)
+
 BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=50265)
-
-
-def make_batch(batch: int, text: int, words: int, clip_dim: int, device) -> dict:
-    generator = torch.Generator().manual_seed(0)
-    lengths = torch.randint(text // 2, text + 1, (batch,), generator=generator)
-    mask = (torch.arange(text)[None] < lengths[:, None]).long()
-    ids = torch.randint(3, 50000, (batch, text), generator=generator) * mask + (1 - mask)
-    num_words = torch.clamp(lengths - 2, max=words)
-    starts = torch.arange(1, words + 1)[None].expand(batch, -1).clone()
-    starts[torch.arange(words)[None] >= num_words[:, None]] = -1
-    labels = torch.randint(0, 5, (batch, words, 8), generator=generator)
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": mask.to(device),
-        "word_start_index": starts.to(device),
-        "word_end_index": starts.to(device),
-        "image_embeds": torch.randn(batch, clip_dim, generator=generator).to(device),
-        "has_image": (torch.rand(batch, generator=generator) > 0.1).to(device),
-        "labels": labels.to(device),
-    }
 
 
 def step_time(fn, steps: int) -> float:
@@ -75,7 +58,7 @@ def main() -> None:
     eager = PromptMNERForSpanNER(config).to(device)
     eager.load_state_dict(sdpa.state_dict())
     eager.set_attn_implementation("eager")
-    batch = make_batch(args.batch, args.text, args.text - 4, 1024, device)
+    batch = make_batch(args, device, missing_images=0.1)  # mixed batch: some examples take the text-only path
 
     outputs = {}
     for name, model in (("sdpa", sdpa), ("eager", eager)):

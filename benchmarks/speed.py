@@ -44,6 +44,9 @@ sys.path.insert(0, str(ROOT))
 from configuration_promptmner import PromptMNERConfig  # noqa: E402
 from modeling_promptmner import PromptMNERForSpanNER  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline_throughput import write_images  # noqa: E402
+
 START, END = "<!-- speed:start -->", "<!-- speed:end -->"
 SIZES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -88,8 +91,9 @@ def promptmner_config(args, num_prompts: int) -> PromptMNERConfig:
     return config
 
 
-def make_batch(args, device) -> dict:
-    """Padded text `(B, T)` (lengths T/2..T), word indices, span labels, CLIP embeddings for every example."""
+def make_batch(args, device, missing_images: float = 0.0) -> dict:
+    """Padded text `(B, T)` (lengths T/2..T), word indices, span labels, CLIP embeddings; a random
+    `missing_images` fraction of the examples takes the text-only path."""
     generator = torch.Generator().manual_seed(0)
     batch, text = args.batch, args.text
     lengths = torch.randint(text // 2, text + 1, (batch,), generator=generator)
@@ -105,6 +109,7 @@ def make_batch(args, device) -> dict:
         "word_start_index": starts.to(device),
         "word_end_index": starts.to(device),
         "image_embeds": torch.randn(batch, CLIP_DIM, generator=generator).to(device),
+        "has_image": (torch.rand(batch, generator=generator) >= missing_images).to(device),
         "labels": torch.randint(0, 5, (batch, words, 8), generator=generator).to(device),
     }
 
@@ -186,18 +191,6 @@ def build_processor(args):
     if args.clip == "tiny":
         return PromptMNERProcessor.from_clip(backbone, clip_config=TINY_CLIP, clip_pretrained=None)
     return PromptMNERProcessor.from_clip(backbone, clip_model_name=args.clip, clip_pretrained=None)
-
-
-def write_images(folder: Path, count: int) -> list[str]:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    paths = []
-    for index in range(count):
-        path = folder / f"{index}.jpg"
-        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(path, quality=90)
-        paths.append(str(path))
-    return paths
 
 
 def clip_precompute(args, device) -> list[tuple[str, float, float]]:
