@@ -548,7 +548,7 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
                 type; BERT-style position embeddings are shifted to RoBERTa-style ids.
             processor ([`PromptMNERProcessor`], *optional*):
                 Supplies the CLIP width and temperature, the labels, the span length, the separator token and, for
-                discrete prompts, the prompt embeddings (`processor.encode_prompts()`).
+                discrete prompts, the prompt embeddings (`processor.vocabulary_embeds()`).
             prompts (`str`): `"continuous"` (learned prompts) or a discrete kind (`"task_labels"`, `"kb"`,
                 `"expert"`, `"custom"`) whose embeddings come from `prompt_embeds` or the processor.
             num_prompts (`int`, *optional*): number of prompts; for discrete kinds the vocabulary size.
@@ -569,7 +569,7 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
         if prompt_embeds is None and prompts != "continuous":
             if processor is None:
                 raise ValueError(f"prompts={prompts!r} needs `prompt_embeds` or a `processor` to encode its vocabulary")
-            prompt_embeds = processor.encode_prompts()
+            prompt_embeds = processor.vocabulary_embeds()
         if prompt_embeds is not None:
             num_prompts, config_kwargs["clip_embed_dim"] = prompt_embeds.shape
         config = backbone_to_config(backbone.config, prompt_kind=prompts, num_prompts=num_prompts or 100, **config_kwargs)

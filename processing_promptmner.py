@@ -56,7 +56,7 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_INTERPOLATIONS = ("bicubic", "bilinear")
 IMAGE_RESIZE_MODES = ("shortest", "longest", "squash")
 # Runtime objects kept out of `to_dict` (they are not JSON and may be large).
-_RUNTIME_ATTRIBUTES = ("_clip_vision", "_clip_model", "_image_transform", "_clip_text_tokenizer")
+_RUNTIME_ATTRIBUTES = ("_clip_vision", "_clip_model", "_image_transform", "_clip_text_tokenizer", "_vocabulary_embeds")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -405,6 +405,21 @@ def _build_clip(clip_config: Mapping[str, Any]) -> torch.nn.Module:
     return model_class(**config)
 
 
+def _embed_in_batches(module: torch.nn.Module, items: Sequence[Any], batch_size: int, embed) -> torch.Tensor | None:
+    """`embed` over `items` `batch_size` at a time with `module` in eval mode under inference mode: the
+    L2-normalised rows as an ordinary float32 CPU tensor `(N, D)` (None for no items). Restores the module's mode."""
+    chunks = []
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            for begin in range(0, len(items), batch_size):
+                chunks.append(F.normalize(embed(items[begin : begin + batch_size]).float(), dim=-1).cpu())
+    finally:
+        module.train(was_training)
+    return torch.cat(chunks).clone() if chunks else None  # clone: a normal tensor, usable in autograd graphs
+
+
 def _first_parameter(module: torch.nn.Module) -> torch.Tensor:
     for tensor in module.parameters():
         return tensor
@@ -535,6 +550,7 @@ class PromptMNERProcessor(ProcessorMixin):
         self._clip_vision = self._init_clip_vision(clip_model)
         self._image_transform = None
         self._clip_text_tokenizer = None
+        self._vocabulary_embeds = None  # (vocabulary, template, embeddings) of the last save, reused while unchanged
 
     # -- construction ------------------------------------------------------------------------------------------
 
@@ -699,7 +715,9 @@ class PromptMNERProcessor(ProcessorMixin):
             files.append(weights_file)
         if self._clip_model is not None:  # CLIP text embeddings of the vocabulary, for explanations
             files.append(
-                save_vocabulary_embeds(save_directory, self.encode_prompts(), self.prompt_vocabulary, self.prompt_template)
+                save_vocabulary_embeds(
+                    save_directory, self.vocabulary_embeds(), self.prompt_vocabulary, self.prompt_template
+                )
             )
         if push_to_hub:
             repo_id = push_kwargs.pop("repo_id", Path(save_directory).name)
@@ -869,20 +887,12 @@ class PromptMNERProcessor(ProcessorMixin):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         vision = self._require_clip_weights()
         parameter = _first_parameter(vision)
-        chunks = []
-        was_training = vision.training
-        vision.eval()
-        try:
-            with torch.inference_mode():
-                for begin in range(0, len(images), batch_size):
-                    pixels = self.pixel_values(images[begin : begin + batch_size])
-                    features = vision(pixels.to(device=parameter.device, dtype=parameter.dtype))
-                    chunks.append(F.normalize(features.float(), dim=-1).cpu())
-        finally:
-            vision.train(was_training)
-        if not chunks:
-            return torch.zeros(0, self.clip_embed_dim, dtype=torch.float32)
-        return torch.cat(chunks).clone()
+
+        def embed(batch: list) -> torch.Tensor:
+            return vision(self.pixel_values(batch).to(device=parameter.device, dtype=parameter.dtype))
+
+        embeds = _embed_in_batches(vision, images, batch_size, embed)
+        return embeds if embeds is not None else torch.zeros(0, self.clip_embed_dim, dtype=torch.float32)
 
     # -- prompts -----------------------------------------------------------------------------------------------
 
@@ -920,17 +930,15 @@ class PromptMNERProcessor(ProcessorMixin):
         model = self._clip_model
         device = _first_parameter(model).device
         tokenizer = self._text_tokenizer()
-        chunks = []
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                for begin in range(0, len(prompts), batch_size):
-                    tokens = tokenizer(prompts[begin : begin + batch_size]).to(device)
-                    chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
-        finally:
-            model.train(was_training)
-        return torch.cat(chunks).clone()
+        return _embed_in_batches(model, prompts, batch_size, lambda batch: model.encode_text(tokenizer(batch).to(device)))
+
+    def vocabulary_embeds(self) -> torch.Tensor:
+        """`encode_prompts()` of the processor's own vocabulary, computed once while vocabulary and template stay
+        the same (a training run saves the processor with every new best model)."""
+        key = (tuple(self.prompt_vocabulary), self.prompt_template)
+        if self._vocabulary_embeds is None or self._vocabulary_embeds[0] != key:
+            self._vocabulary_embeds = (key, self.encode_prompts())
+        return self._vocabulary_embeds[1]
 
     def explain_image(self, images, prompt_embeds=None, k: int = 5, *, logit_scale=None, continuous=False,
                       vocab_embeds=None, num_words: int = 3) -> list[list[dict]]:

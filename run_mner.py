@@ -346,7 +346,7 @@ def build_model(args: argparse.Namespace, processor: PromptMNERProcessor) -> Pro
     prompt_embeds = None
     if args.prompts == "continuous" and args.prompt_init == "vocabulary":
         generator = torch.Generator().manual_seed(args.seed)
-        prompt_embeds = initial_prompt_embeds(args.num_prompts, processor.encode_prompts(), generator)
+        prompt_embeds = initial_prompt_embeds(args.num_prompts, processor.vocabulary_embeds(), generator)
     return PromptMNERForSpanNER.from_backbone(
         args.model_name_or_path,
         processor=processor,
