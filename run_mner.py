@@ -126,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--per_device_train_batch_size", type=int, default=32)
     train.add_argument("--per_device_eval_batch_size", type=int, default=64)
     train.add_argument("--learning_rate", type=float, default=1e-4)
+    train.add_argument(
+        "--head_learning_rate",
+        type=float,
+        help="learning rate of the parameters trained from scratch (span classifier, clue projection, prompts); "
+        "default: --learning_rate",
+    )
     train.add_argument("--weight_decay", type=float, default=0.01)
     train.add_argument("--num_train_epochs", type=int, default=10)
     train.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
@@ -159,8 +165,9 @@ def validate_args(args: argparse.Namespace) -> None:
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs", "num_prompts"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.learning_rate <= 0:
-        raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}")
+    for name in ("learning_rate", "head_learning_rate"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     if not 0 <= args.warmup_ratio < 1:
         raise ValueError(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
     if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
@@ -361,13 +368,20 @@ def build_model(args: argparse.Namespace, processor: PromptMNERProcessor) -> Pro
 # --- training ------------------------------------------------------------------------------------------------
 
 
+NEW_PARAMETERS = ("span_head.", "promptmner.visual_clues.")  # trained from scratch; the rest starts from the backbone
+
+
 def create_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
     """AdamW without weight decay on biases, LayerNorm weights and the prompt embeddings."""
     no_decay = ("bias", "LayerNorm.weight", "prompt_embeds")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": args.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
+    head_lr = args.head_learning_rate or args.learning_rate
+    groups = []
+    for is_head, lr in ((False, args.learning_rate), (True, head_lr)):
+        named = [(n, p) for n, p in model.named_parameters() if n.startswith(NEW_PARAMETERS) == is_head]
+        groups += [
+            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": args.weight_decay, "lr": lr},
+            {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0, "lr": lr},
+        ]
     return torch.optim.AdamW(groups, lr=args.learning_rate)
 
 

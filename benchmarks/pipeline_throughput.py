@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,8 +36,11 @@ from modeling_promptmner import PromptMNERForSpanNER  # noqa: E402
 from pipeline_promptmner import MultimodalNERPipeline  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import cpu_name, replace_section  # noqa: E402
+
 TWITTER_TEST = ROOT.parent / "shared" / "data" / "twitter2015" / "test.txt"
-START, END = "<!-- pipeline-throughput:start -->", "<!-- pipeline-throughput:end -->"
+SECTION = "pipeline-throughput"
 TINY_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
@@ -127,7 +129,6 @@ def markdown(results: dict, args: argparse.Namespace, source: str) -> str:
     ]
     return "\n".join(
         [
-            START,
             "## Pipeline throughput (CPU)",
             "",
             f"`python benchmarks/pipeline_throughput.py --num_examples {args.num_examples} --batch_size "
@@ -144,30 +145,8 @@ def markdown(results: dict, args: argparse.Namespace, source: str) -> str:
             "",
             "With images, the time goes to the CLIP image tower (a full-size RN50 here), which batching does not "
             "speed up much on CPU; the text model gains from batching.",
-            END,
         ]
     )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of `path` (or append it), leaving everything else as it is."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        text = before + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -182,7 +161,7 @@ def main() -> None:
     section = markdown(results, args, source)
     print(section)
     if not args.no_write:
-        write_section(args.output, section)
+        replace_section(args.output, SECTION, section)
         print(f"written to {args.output}", file=sys.stderr)
 
 

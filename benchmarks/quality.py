@@ -44,8 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import mner_data  # noqa: E402
 
-START, END = "<!-- quality:start -->", "<!-- quality:end -->"
-MODELS = ("token-classification", "span (text only)")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import replace_section  # noqa: E402
+
+SECTION = "quality"
+MODELS = {"token-classification": "token classification", "span": "span model (text only)"}  # id: table label
 WARMUP_RATIO, WEIGHT_DECAY, MAX_GRAD_NORM, MAX_LENGTH = 0.1, 0.01, 1.0, 256
 
 
@@ -67,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated; at least 2 for a std")
     parser.add_argument("--select", choices=("first_seed", "all"), default="first_seed",
                         help="choose the learning rate by dev F1 of the first seed, or by mean dev F1 of all")  # fmt: skip
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated subset to train now (the report needs both; finished runs are reused)")  # fmt: skip
     parser.add_argument("--max_train_samples", type=int, help="smoke runs only")
     parser.add_argument("--max_eval_samples", type=int, help="smoke runs only")
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "quality", help="per-run results")
@@ -76,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.learning_rates = [float(x) for x in args.learning_rates.split(",") if x]
     args.seeds = [int(x) for x in args.seeds.split(",") if x]
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if unknown := [m for m in args.models if m not in MODELS]:
+        raise ValueError(f"--models: unknown {unknown}; choose from {list(MODELS)}")
     if not args.learning_rates or not args.seeds:
         raise ValueError("--learning_rates and --seeds need at least one value each")
     for split in ("train", "valid", "test"):
@@ -243,16 +251,15 @@ def span_run(args, learning_rate: float, seed: int, run_dir: Path) -> dict:
 
 def run_record(args, model: str, learning_rate: float, seed: int) -> dict:
     """The stored result of one run, training it first when it is not stored yet."""
-    slug = model.split(" ")[0]
-    path = args.output_dir / f"{slug}_lr{learning_rate:g}_seed{seed}_ep{args.epochs}_bs{args.batch_size}.json"
+    path = args.output_dir / f"{model}_lr{learning_rate:g}_seed{seed}_ep{args.epochs}_bs{args.batch_size}.json"
     if path.exists():
         return json.loads(path.read_text())
     print(f"[{model}] lr {learning_rate:g} seed {seed} ...", flush=True)
     start = time.perf_counter()
-    if model == MODELS[0]:
+    if model == "token-classification":
         results = TokenClassificationRun(args, learning_rate, seed).fit()
     else:
-        results = span_run(args, learning_rate, seed, args.output_dir / f"run_{slug}_{learning_rate:g}_{seed}")
+        results = span_run(args, learning_rate, seed, args.output_dir / f"run_{model}_{learning_rate:g}_{seed}")
     record = {"model": model, "learning_rate": learning_rate, "seed": seed, "seconds": time.perf_counter() - start,
               **results}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,10 +287,9 @@ def pm(values: list[float]) -> str:
 
 
 def summarise(args) -> dict:
-    selected = {model: select_learning_rate(args, model) for model in reversed(MODELS)}  # the span model's grid first
     summary = {}
-    for model in MODELS:
-        lr, dev = selected[model]
+    for model in args.models:
+        lr, dev = select_learning_rate(args, model)
         records = [run_record(args, model, lr, seed) for seed in args.seeds]
         summary[model] = {"learning_rate": lr, "dev_by_lr": dev, "records": records}
     return summary
@@ -294,13 +300,13 @@ def report(args, summary: dict) -> str:
     for model, s in summary.items():
         test = [r["test"] for r in s["records"]]
         grid = ", ".join(f"{lr:g}: {100 * f1:.2f}" for lr, f1 in s["dev_by_lr"].items())
-        rows.append(f"| {model} | {s['learning_rate']:g} ({grid}) | {pm([r['validation']['f1'] for r in s['records']])} | "
+        rows.append(f"| {MODELS[model]} | {s['learning_rate']:g} ({grid}) | {pm([r['validation']['f1'] for r in s['records']])} | "
                     f"{pm([t['precision'] for t in test])} | {pm([t['recall'] for t in test])} | "
                     f"**{pm([t['f1'] for t in test])}** |")  # fmt: skip
     base, span = (summary[m]["records"] for m in MODELS)
     differences = [s["test"]["f1"] - b["test"]["f1"] for b, s in zip(base, span)]
     types = sorted(base[0]["test"]["per_type"])
-    per_type = [f"| {model} | " + " | ".join(pm([r["test"]["per_type"][t]["f1"] for r in summary[model]["records"]])
+    per_type = [f"| {MODELS[model]} | " + " | ".join(pm([r["test"]["per_type"][t]["f1"] for r in summary[model]["records"]])
                                              for t in types) + " |" for model in MODELS]  # fmt: skip
     seeds = ", ".join(map(str, args.seeds))
     selection = "dev F1 of the first seed" if args.select == "first_seed" else "mean dev F1 over the seeds"
@@ -347,7 +353,7 @@ def plot_per_type(summary: dict, path: Path) -> None:
               for t in types]  # fmt: skip
         stats = [mean_std(v) for v in f1]
         ax.bar([x + (i - (len(summary) - 1) / 2) * width for x in range(len(types))], [m for m, _ in stats], width,
-               yerr=[0 if math.isnan(sd) else sd for _, sd in stats], capsize=3, label=model)  # fmt: skip
+               yerr=[0 if math.isnan(sd) else sd for _, sd in stats], capsize=3, label=MODELS[model])  # fmt: skip
     ax.set_xticks(range(len(types)), types)
     ax.set_ylabel("test F1 (%)")
     ax.set_title("Twitter-2015 text, all-MiniLM-L6-v2: mean ± std over seeds")
@@ -358,26 +364,17 @@ def plot_per_type(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def replace_section(path: Path, start: str, end: str, text: str) -> None:
-    """Put `text` between the `start` and `end` markers of the markdown file (appended when they are missing)."""
-    content = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{start}\n{text}{end}"
-    if start in content and end in content:
-        before, rest = content.split(start, 1)
-        content = before + section + rest.split(end, 1)[1]
-    else:
-        content = content.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(content)
-
-
 def main(argv=None):
     args = parse_args(argv)
     summary = summarise(args)
+    if len(summary) < len(MODELS):
+        print(f"trained {', '.join(summary)}; run again with both models for the report")
+        return
     text = report(args, summary)
     print(text)
     if args.write:
         plot_per_type(summary, args.figure)
-        replace_section(args.output, START, END, text)
+        replace_section(args.output, SECTION, text)
         print(f"wrote {args.output} and {args.figure}", file=sys.stderr)
 
 

@@ -16,7 +16,8 @@ All models have random weights (no download); sizes: `minilm` = hidden 384, 6 la
       caching: the whole process), on CUDA `torch.cuda.max_memory_allocated` in the same process;
   (e) FLOPs of one training step (`FlopCounterMode`: matmuls / attention only) per measured second, against the
       GFLOP/s of a large fp32 matmul on this machine.
-`--write` replaces the section between `<!-- speed:start -->` and `<!-- speed:end -->` in BENCHMARKS.md.
+`--write` replaces the section between `<!-- speed:start -->` and `<!-- speed:end -->` in BENCHMARKS.md and draws
+`benchmarks/figures/speed_ratios.png`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import transformers
 from transformers import RobertaConfig, RobertaModel
@@ -46,8 +46,9 @@ from modeling_promptmner import PromptMNERForSpanNER  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_throughput import write_images  # noqa: E402
+from report import cpu_name, replace_section  # noqa: E402
 
-START, END = "<!-- speed:start -->", "<!-- speed:end -->"
+SECTION = "speed"
 SIZES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -77,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="only profile MAS vs RobertaModel (one step each)")
     parser.add_argument("--write", action="store_true", help="update the speed section of BENCHMARKS.md")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--figure", type=Path, default=ROOT / "benchmarks" / "figures" / "speed_ratios.png")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one memory workload
     return parser.parse_args(argv)
 
@@ -333,13 +335,36 @@ def profile(args, device):
 # --- report ------------------------------------------------------------------------------------------------------
 
 
+def plot_ratios(encoder_ratio: float, train_ratios: dict[int, float], path: Path) -> None:
+    """Bar charts of (a) MAS encoder / RobertaModel against the 1.10x target and (b) training step / text only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.5, 3.0), gridspec_kw={"width_ratios": [1, 2]})
+    left.bar(["RobertaModel", "MAS encoder"], [1.0, encoder_ratio], color=["#999999", "#1f77b4"])
+    left.axhline(1.10, color="#d62728", linestyle="--", linewidth=1, label="target 1.10x")
+    left.set_ylabel("time / RobertaModel")
+    left.set_title("(a) encoder fwd+bwd, equal length", fontsize=9)
+    left.legend(fontsize=8, loc="lower right")
+    labels = ["text only"] + [f"K={k}" for k in train_ratios]
+    right.bar(labels, [1.0, *train_ratios.values()], color=["#999999"] + ["#ff7f0e"] * len(train_ratios))
+    right.set_ylabel("time / text only")
+    right.set_title("(b) training step by visual clue count", fontsize=9)
+    for axis in (left, right):
+        for bar in axis.patches:
+            axis.annotate(f"{bar.get_height():.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                          ha="center", va="bottom", fontsize=8)  # fmt: skip
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+
 def machine(device) -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     gpu = f", GPU {torch.cuda.get_device_name()}" if device.type == "cuda" else ""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"{cpu} ({os.cpu_count()} logical CPUs){gpu}, {torch.get_num_threads()} torch threads, "
@@ -419,15 +444,10 @@ def main():
     text = head + "\n" + "\n".join(out) + "\n"
     print(text)
     if args.write:
-        content = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
-        section = f"{START}\n{text}{END}"
-        if START in content and END in content:
-            before, rest = content.split(START, 1)
-            content = before + section + rest.split(END, 1)[1]
-        else:
-            content = content.rstrip("\n") + "\n\n" + section + "\n"
-        args.output.write_text(content)
-        print(f"wrote {args.output}", file=sys.stderr)
+        plot_ratios(mas / rob, {k: train[k] / train[0] for k in settings if k}, args.figure)
+        figure = args.figure.relative_to(args.output.parent).as_posix()
+        replace_section(args.output, SECTION, text + f"\n![speed ratios]({figure})\n")
+        print(f"wrote {args.output} and {args.figure}", file=sys.stderr)
 
 
 if __name__ == "__main__":

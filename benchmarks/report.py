@@ -1,0 +1,35 @@
+"""What the benchmark scripts share for their reports: the machine's name and BENCHMARKS.md sections."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The HTML comments that delimit the `name` section of BENCHMARKS.md."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def replace_section(path: Path, name: str, text: str) -> None:
+    """Put `text` between the `name` section's markers in `path` (appended with them when they are missing),
+    leaving everything else as it is."""
+    start, end = markers(name)
+    content = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
+    section = f"{start}\n{text.rstrip(chr(10))}\n{end}"
+    if start in content and end in content:
+        before, rest = content.split(start, 1)
+        content = before + section + rest.split(end, 1)[1]
+    else:
+        content = content.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(content, encoding="utf-8")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
