@@ -100,6 +100,13 @@ def text_position_ids(attention_mask: torch.Tensor, padding_idx: int) -> torch.L
     return torch.cumsum(mask, dim=1) * mask + padding_idx  # (B, T)
 
 
+def additive_mask(mask: torch.BoolTensor, dtype: torch.dtype) -> torch.Tensor:
+    """`(B, L)` bool (True: attend) -> `(B, 1, 1, L)` to add to attention scores: 0, or the dtype's minimum."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)[
+        :, None, None, :
+    ]
+
+
 class PromptMNEREmbeddings(nn.Module):
     """RoBERTa embeddings with a second token type (visual clues) and positions that continue after the text."""
 
@@ -172,8 +179,38 @@ class PromptMNERVisualClues(nn.Module):
 
     def forward(self, image_embeds: torch.FloatTensor) -> tuple[torch.FloatTensor, torch.FloatTensor]:
         probs = self.prompt_probabilities(image_embeds)  # (B, K)
-        clues = probs.unsqueeze(-1) * self.prompt_embeds  # (B, K, D)
-        return self.projection(clues), probs  # (B, K, H), (B, K)
+        # projection(p_i * s_i) = p_i * (W s_i) + b: the K prompts are projected once, not once per example.
+        projected = F.linear(self.prompt_embeds, self.projection.weight)  # (K, H)
+        return probs.unsqueeze(-1) * projected + self.projection.bias, probs  # (B, K, H), (B, K)
+
+
+def split_key_attention(query_to_text, query_to_visual, key, value, attention_mask, text_length, dropout, scaling):
+    """MAS scores as two matmuls, one per key modality: `[Q_to_text K_textᵀ | Q_to_visual K_visualᵀ]`, with the
+    scaling and the mask applied inside each matmul (`baddbmm`), then one softmax over all keys. Used on CPU,
+    where torch's SDPA has no fused kernel for the stacked queries' unequal head sizes and its fallback scales and
+    masks in passes of their own. Queries, keys, values `(B, heads, L, d)`, attention_mask additive `(B, 1, 1, L)`
+    -> context `(B, L, heads, d)`."""
+    batch_size, heads, length, head_dim = value.shape
+    flat = lambda x: x.reshape(batch_size * heads, -1, head_dim)  # noqa: E731  (B, h, N, d) -> (B*h, N, d)
+    mask = attention_mask.expand(batch_size, heads, 1, length).reshape(batch_size * heads, 1, length)  # (B*h, 1, L)
+    t = text_length
+    to_text = torch.baddbmm(mask[..., :t], flat(query_to_text), flat(key[:, :, :t]).mT, alpha=scaling)  # (B*h, L, T)
+    to_visual = torch.baddbmm(mask[..., t:], flat(query_to_visual), flat(key[:, :, t:]).mT, alpha=scaling)  # (.., V)
+    probs = torch.cat([to_text, to_visual], dim=-1).softmax(dim=-1)  # (B*h, L, L)
+    probs = F.dropout(probs, p=dropout, training=dropout > 0)
+    context = torch.bmm(probs, flat(value))  # (B*h, L, d)
+    return context.view(batch_size, heads, length, head_dim).transpose(1, 2)  # (B, L, heads, d)
+
+
+def stack_queries_and_keys(query_to_text, query_to_visual, key, text_length):
+    """The stacking trick that turns MAS into one standard attention call: every query becomes
+    `[q_to_text ; q_to_visual]`, a text key `[k ; 0]` and a visual key `[0 ; k]`, so `query . key` is the score of the
+    (query modality, key modality) pair. `(B, heads, L, d)` each -> query, key `(B, heads, L, 2d)`."""
+    head_dim = key.shape[-1]
+    query = torch.cat([query_to_text, query_to_visual], dim=-1)  # (B, heads, L, 2d)
+    text_key = F.pad(key[:, :, :text_length], (0, head_dim))  # (B, heads, T, 2d): [k ; 0]
+    visual_key = F.pad(key[:, :, text_length:], (head_dim, 0))  # (B, heads, V, 2d): [0 ; k]
+    return query, torch.cat([text_key, visual_key], dim=2)  # (B, heads, L, 2d)
 
 
 class PromptMNERSelfAttention(nn.Module):
@@ -183,10 +220,11 @@ class PromptMNERSelfAttention(nn.Module):
     one), `t2v_query`, `v2t_query`, `v2v_query`. One softmax runs over all keys. With `use_mas=False` (ablation)
     `query` serves every pair.
 
-    The SDPA path computes only the queries each token needs and makes the pair-dependent score a single dot
-    product by stacking: a text token's query is `[q_tt ; q_tv]`, a visual token's `[q_vt ; q_vv]`, a text key is
-    `[k ; 0]` and a visual key `[0 ; k]`, so `query . key` picks the right pair. The eager path computes all four
-    score matrices and assembles them block by block; it is the reference the tests hold the SDPA path to.
+    Each token needs two queries, one for text keys and one for visual keys; a single matmul per modality gives
+    both with the key and value (`fused_projection`). The scores then come from one attention call on stacked
+    queries and keys (`stack_queries_and_keys`; the path for CUDA and other attention implementations) or, on
+    CPU, from two matmuls, one per key modality (`split_key_attention`). The eager path computes all four score
+    matrices and assembles them block by block; it is the reference the tests hold the other paths to.
     """
 
     def __init__(self, config: PromptMNERConfig):
@@ -223,43 +261,56 @@ class PromptMNERSelfAttention(nn.Module):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
-        hidden_states `(B, L, H)` with the text block in `[:text_length]`; attention_mask `(B, L)` bool, True
-        for real tokens. Returns the context `(B, L, H)` and, in eager mode, the attention weights.
+        hidden_states `(B, L, H)` with the text block in `[:text_length]`; attention_mask `(B, 1, 1, L)`, additive
+        (0 for real tokens, the dtype's minimum for padding; built once per forward by the model). Returns the
+        context `(B, L, H)` and, in eager mode, the attention weights.
         """
         batch_size, length, hidden_size = hidden_states.shape
         implementation = self.config._attn_implementation
+        dropout = self.dropout.p if self.training else 0.0
         if output_attentions or implementation == "eager":
             context, weights = self.eager_attention(hidden_states, attention_mask, text_length)
             context = context.transpose(1, 2)  # (B, L, heads, d)
+        elif not self.config.use_mas or length == text_length:
+            query, key, value = self.fused_projection(hidden_states, self.query).chunk(3, dim=-1)  # (B, L, H) each
+            context, weights = self.attention_call(self.split_heads(query), self.split_heads(key),
+                                                   self.split_heads(value), attention_mask, dropout)  # fmt: skip
         else:
-            query, key = self.stacked_query_key(hidden_states, text_length)  # (B, heads, L, d or 2d)
-            value = self.split_heads(self.value(hidden_states))  # (B, heads, L, d)
-            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, None)
-            context, weights = attention(
-                self,
-                query,
-                key,
-                value,
-                attention_mask[:, None, None, :],  # (B, 1, 1, L)
-                dropout=self.dropout.p if self.training else 0.0,
-                scaling=self.scale,
-            )  # (B, L, heads, d)
+            to_text, to_visual, key, value = self.modality_projections(hidden_states, text_length)  # (B, h, L, d)
+            if implementation == "sdpa" and hidden_states.device.type == "cpu":
+                mask = attention_mask.to(value.dtype)  # a no-op unless autocast lowered the precision
+                context = split_key_attention(to_text, to_visual, key, value, mask, text_length, dropout, self.scale)
+                weights = None
+            else:
+                query, key = stack_queries_and_keys(to_text, to_visual, key, text_length)  # (B, heads, L, 2d)
+                context, weights = self.attention_call(query, key, value, attention_mask, dropout)
         return context.reshape(batch_size, length, hidden_size), weights
 
-    def stacked_query_key(self, hidden_states, text_length):
-        """Queries and keys whose dot product is the (query modality, key modality) pair's score."""
-        key = self.split_heads(self.key(hidden_states))  # (B, heads, L, d)
-        if not self.config.use_mas or hidden_states.shape[1] == text_length:
-            return self.split_heads(self.query(hidden_states)), key
-        tt, tv, vt, vv = self.pair_queries(hidden_states)
-        text, visual = hidden_states[:, :text_length], hidden_states[:, text_length:]
-        text_query = torch.cat([self.split_heads(tt(text)), self.split_heads(tv(text))], dim=-1)  # (B, h, T, 2d)
-        visual_query = torch.cat([self.split_heads(vt(visual)), self.split_heads(vv(visual))], dim=-1)  # (B, h, V, 2d)
-        text_key, visual_key = key[:, :, :text_length], key[:, :, text_length:]
-        text_key = F.pad(text_key, (0, self.head_dim))  # (B, h, T, 2d): [k ; 0]
-        visual_key = F.pad(visual_key, (self.head_dim, 0))  # (B, h, V, 2d): [0 ; k]
-        query = torch.cat([text_query, visual_query], dim=2)  # (B, heads, L, 2d)
-        return query, torch.cat([text_key, visual_key], dim=2)  # (B, heads, L, 2d)
+    def attention_call(self, query, key, value, attention_mask, dropout):
+        """The configured attention implementation (`ALL_ATTENTION_FUNCTIONS`) -> context `(B, L, heads, d)`."""
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, None)
+        mask = attention_mask.to(query.dtype)  # a no-op unless autocast lowered the query's precision
+        return attention(self, query, key, value, mask, dropout=dropout, scaling=self.scale)
+
+    def fused_projection(self, hidden_states: torch.Tensor, *queries: nn.Linear) -> torch.Tensor:
+        """`(B, N, H)` -> `(B, N, (len(queries) + 2) * H)`: the given query projections, the key and the value
+        from one matmul on concatenated weights."""
+        layers = (*queries, self.key, self.value)
+        weight = torch.cat([layer.weight for layer in layers])  # ((n + 2) * H, H)
+        hidden_states = hidden_states.contiguous()  # lets the 3-d matmul fold to one 2-d addmm
+        return F.linear(hidden_states, weight, torch.cat([layer.bias for layer in layers]))
+
+    def modality_projections(self, hidden_states: torch.Tensor, text_length: int):
+        """Each token's query for text keys and its query for visual keys (text tokens: `query`, `t2v_query`;
+        visual tokens: `v2t_query`, `v2v_query`), the keys and the values, each `(B, heads, L, d)`."""
+        text, visual = hidden_states.split([text_length, hidden_states.shape[1] - text_length], dim=1)
+        parts = (
+            self.fused_projection(text, self.query, self.t2v_query),  # (B, T, 4H)
+            self.fused_projection(visual, self.v2t_query, self.v2v_query),  # (B, V, 4H)
+        )
+        # One copy makes each of the four contiguous per head, so the attention matmuls read them without another.
+        heads_first = [x.view(*x.shape[:2], 4, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4) for x in parts]
+        return torch.cat(heads_first, dim=3).unbind(0)  # (4, B, heads, N, d) each -> 4 x (B, heads, L, d)
 
     def eager_attention(self, hidden_states, attention_mask, text_length):
         key = self.split_heads(self.key(hidden_states))  # (B, heads, L, d)
@@ -272,8 +323,7 @@ class PromptMNERSelfAttention(nn.Module):
         t = text_length
         from_text = torch.cat([scores["tt"][:, :, :t, :t], scores["tv"][:, :, :t, t:]], dim=-1)  # (B, h, T, L)
         from_visual = torch.cat([scores["vt"][:, :, t:, :t], scores["vv"][:, :, t:, t:]], dim=-1)  # (B, h, V, L)
-        scores = torch.cat([from_text, from_visual], dim=2) * self.scale  # (B, heads, L, L)
-        scores = scores.masked_fill(~attention_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        scores = torch.cat([from_text, from_visual], dim=2) * self.scale + attention_mask  # (B, heads, L, L)
         weights = self.dropout(scores.softmax(dim=-1))  # (B, heads, L, L)
         return weights @ value, weights  # (B, heads, L, d)
 
@@ -423,7 +473,8 @@ class PromptMNERModel(PromptMNERPreTrainedModel):
                 mask = torch.cat([text_mask, visual_mask], dim=1)  # (B, T + V)
         hidden_states = self.embeddings(input_ids, text_mask, clue_embeds)  # (B, T + V, H)
         hidden_states, all_hidden_states, all_attentions = self.encoder(
-            hidden_states, mask, input_ids.shape[1], output_attentions, output_hidden_states
+            hidden_states, additive_mask(mask, hidden_states.dtype), input_ids.shape[1], output_attentions,
+            output_hidden_states,
         )
         output = PromptMNERModelOutput(
             last_hidden_state=hidden_states,

@@ -12,7 +12,10 @@ from modeling_promptmner import (
     PromptMNERForSpanNER,
     PromptMNERModel,
     PromptMNERSelfAttention,
+    additive_mask,
     backbone_to_config,
+    split_key_attention,
+    stack_queries_and_keys,
 )
 
 LABELS = ["O", "PER", "LOC", "ORG", "MISC"]
@@ -204,7 +207,7 @@ def test_eager_mas_matches_definition(use_mas):
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[0, 4:6] = False  # text padding of example 0
     mask[1, 6:] = False  # example 1 has no image
-    context, _ = attention(hidden, mask, text_length=6)
+    context, _ = attention(hidden, additive_mask(mask, hidden.dtype), text_length=6)
     torch.testing.assert_close(context, brute_force_mas(attention, hidden, mask, 6), atol=1e-5, rtol=0)
 
 
@@ -216,6 +219,30 @@ def forward_backward(model, batch, seed=0):
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     return output, grads
+
+
+def test_split_key_attention_equals_stacked_sdpa():
+    """The CPU path (two matmuls, one per key modality) and the stacked-query path every other device takes
+    (one torch SDPA call) give the same context and the same gradients for queries, keys and values."""
+    torch.manual_seed(0)
+    batch_size, heads, text_length, length, head_dim = 3, 2, 5, 9, 4
+    inputs = [torch.randn(batch_size, heads, length, head_dim, requires_grad=True) for _ in range(4)]
+    mask = torch.ones(batch_size, length, dtype=torch.bool)
+    mask[0, 3:5] = False  # text padding
+    mask[1, text_length:] = False  # no image
+    additive = additive_mask(mask, torch.float32)
+    scale = head_dim**-0.5
+
+    split = split_key_attention(*inputs, additive, text_length, 0.0, scale)  # (B, L, heads, d)
+    split_grads = torch.autograd.grad(split.square().sum(), inputs)
+    query, key = stack_queries_and_keys(inputs[0], inputs[1], inputs[2], text_length)
+    assert query.shape == key.shape == (batch_size, heads, length, 2 * head_dim)
+    stacked = torch.nn.functional.scaled_dot_product_attention(query, key, inputs[3], attn_mask=additive, scale=scale)
+    stacked = stacked.transpose(1, 2)  # (B, L, heads, d)
+    stacked_grads = torch.autograd.grad(stacked.square().sum(), inputs)
+    torch.testing.assert_close(split, stacked, atol=1e-6, rtol=0)
+    for ours, reference in zip(split_grads, stacked_grads):
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("use_mas", [True, False])
