@@ -1,0 +1,75 @@
+"""The benchmark scripts run from a checkout and write what they measure: real subprocesses on tiny settings."""
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TWITTER2015 = REPO_ROOT.parent / "shared" / "data" / "twitter2015"
+
+
+def run_script(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def section(markdown: str, name: str) -> str:
+    match = re.search(f"<!-- {name}:start -->(.*)<!-- {name}:end -->", markdown, re.S)
+    assert match, f"no {name} section"
+    return match.group(1)
+
+
+def assert_png(path: Path) -> None:
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 300 and image.height > 150
+
+
+def test_speed_script_writes_its_section_and_figure(tmp_path):
+    """Tiny settings; the section keeps the rest of the file and quotes the ratio its table holds."""
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text("# Benchmarks\n\nkept text\n")
+    args = ["--batch", "2", "--text", "8", "--prompts", "3", "--clues", "2", "--steps", "1", "--warmup", "0",
+            "--clip", "tiny", "--images", "2", "--no_memory", "--write", "--output", str(output),
+            "--figure", str(tmp_path / "figures" / "speed.png")]  # fmt: skip
+    run_script("speed.py", *args)
+    text = output.read_text()
+    assert "kept text" in text
+    body = section(text, "speed")
+    headline = float(re.search(r"at equal length: \*\*([0-9.]+)x\*\*", body).group(1))
+    table_ratio = float(re.search(r"\| MAS encoder \(PromptMNERModel\) \| [0-9.]+ \| ([0-9.]+)x \|", body).group(1))
+    assert headline == table_ratio > 0
+    assert "K=2 clues" in body and "![speed ratios](figures/speed.png)" in body
+    assert_png(tmp_path / "figures" / "speed.png")
+
+
+@pytest.mark.skipif(not TWITTER2015.is_dir(), reason="needs ../shared/data/twitter2015")
+def test_quality_script_reports_the_mean_of_its_runs_and_resumes(tmp_path):
+    """Both models on a tiny slice, two seeds: the table's mean test F1 is the mean of the stored runs, the
+    difference is paired by seed, and a second call reuses the stored runs instead of training again."""
+    runs, output, figure = tmp_path / "runs", tmp_path / "BENCHMARKS.md", tmp_path / "quality.png"
+    args = ["--max_train_samples", "24", "--max_eval_samples", "12", "--epochs", "1", "--seeds", "0,1",
+            "--learning_rates", "1e-4", "--output_dir", str(runs), "--output", str(output), "--figure", str(figure),
+            "--write"]  # fmt: skip
+    first = run_script("quality.py", *args)
+    records = {path.name: json.loads(path.read_text()) for path in runs.glob("*.json")}
+    assert len(records) == 4, sorted(records)
+    assert not list(runs.glob("run_*")), "the span runs' model folders are removed"
+    body = section(output.read_text(), "quality")
+    for model, label in (("token-classification", "token classification"), ("span", "span model (text only)")):
+        f1 = [100 * r["test"]["f1"] for r in records.values() if r["model"] == model]
+        row = next(line for line in body.splitlines() if line.startswith(f"| {label} |"))
+        reported = float(re.search(r"\*\*([0-9.]+) ± ([0-9.]+)\*\*", row).group(1))
+        assert reported == pytest.approx(statistics.mean(f1), abs=0.006)
+    assert_png(figure)
+
+    second = run_script("quality.py", *args)
+    assert "seed 0 ..." in first and "seed 0 ..." not in second  # nothing trained the second time
+    assert section(output.read_text(), "quality") == body
