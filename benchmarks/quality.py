@@ -164,8 +164,8 @@ class TokenClassificationRun:
                           collate_fn=self.collate)  # fmt: skip
 
     def collate(self, rows: list[dict]) -> dict:
-        word_index = [row.pop("word_index") for row in rows]
-        batch = self.collator(rows)
+        word_index = [row["word_index"] for row in rows]
+        batch = self.collator([{k: v for k, v in row.items() if k != "word_index"} for row in rows])
         width = batch["input_ids"].shape[1]
         batch["word_index"] = torch.tensor([w + [-1] * (width - len(w)) for w in word_index])  # (B, T)
         return batch

@@ -52,10 +52,10 @@ def test_speed_script_writes_its_section_and_figure(tmp_path):
 
 @pytest.mark.skipif(not TWITTER2015.is_dir(), reason="needs ../shared/data/twitter2015")
 def test_quality_script_reports_the_mean_of_its_runs_and_resumes(tmp_path):
-    """Both models on a tiny slice, two seeds: the table's mean test F1 is the mean of the stored runs, the
+    """Both models on a tiny slice, two epochs, two seeds: the table's mean test F1 is the mean of the stored runs, the
     difference is paired by seed, and a second call reuses the stored runs instead of training again."""
     runs, output, figure = tmp_path / "runs", tmp_path / "BENCHMARKS.md", tmp_path / "quality.png"
-    args = ["--max_train_samples", "24", "--max_eval_samples", "12", "--epochs", "1", "--seeds", "0,1",
+    args = ["--max_train_samples", "24", "--max_eval_samples", "12", "--epochs", "2", "--seeds", "0,1",
             "--learning_rates", "1e-4", "--output_dir", str(runs), "--output", str(output), "--figure", str(figure),
             "--write"]  # fmt: skip
     first = run_script("quality.py", *args)
