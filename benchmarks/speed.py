@@ -1,6 +1,6 @@
 """Speed figures for PromptMNER on CPU (default) or CUDA: prints markdown tables; not a test.
 
-    python benchmarks/speed.py [--size minilm|base] [--device cpu|cuda] [--batch 8 --text 40 --steps 8] [--write]
+    python benchmarks/speed.py [--size minilm|base] [--device cpu|cuda] [--batch 8 --text 40 --steps 20] [--write]
     python benchmarks/speed.py --profile     # torch.profiler top ops: MAS encoder vs RobertaModel, one step each
 
 All models have random weights (no download); sizes: `minilm` = hidden 384, 6 layers, 12 heads (default),
@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--text", type=int, default=40, help="padded text length (tokens)")
     parser.add_argument("--prompts", type=int, default=100, help="visual clues K for (a)")
     parser.add_argument("--clues", default="16,50,100", help="K values for (b)")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per setting (after --warmup)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per setting (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--clip", choices=["RN50", "tiny"], default="RN50")
     parser.add_argument("--images", type=int, default=16, help="generated images for (c)")
@@ -165,8 +165,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_side_by_side(steps: dict, args, device) -> dict[str, float]:
-    """Median seconds per call; the settings take turns one step at a time after `--warmup` calls each."""
+def step_times(steps: dict, args, device) -> dict[str, list[float]]:
+    """Seconds of each call; the settings take turns one step at a time after `--warmup` calls each."""
     for fn in steps.values():
         for _ in range(args.warmup):
             fn()
@@ -178,7 +178,12 @@ def time_side_by_side(steps: dict, args, device) -> dict[str, float]:
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def time_side_by_side(steps: dict, args, device) -> dict[str, float]:
+    """Median seconds per call of `step_times`."""
+    return {name: statistics.median(values) for name, values in step_times(steps, args, device).items()}
 
 
 # --- (c) CLIP precompute -----------------------------------------------------------------------------------------
@@ -394,8 +399,14 @@ def main():
     out = []
 
     print("(a) encoder fwd+bwd ...", file=sys.stderr)
-    enc = time_side_by_side(encoder_steps(args, device), args, device)
+    enc_times = step_times(encoder_steps(args, device), args, device)
+    enc = {name: statistics.median(values) for name, values in enc_times.items()}
     mas, rob = enc["MAS encoder (PromptMNERModel)"], enc["RobertaModel"]
+    rounds = [m / r for m, r in zip(enc_times["MAS encoder (PromptMNERModel)"], enc_times["RobertaModel"])]
+    spread = ""
+    if len(rounds) > 1:
+        quartiles = "/".join(f"{q:.3f}" for q in statistics.quantiles(rounds, n=4))
+        spread = f"; the per-round ratios of the {args.steps} interleaved rounds have quartiles {quartiles}"
     total = args.text + args.prompts + 1
     out.append(f"**(a) Encoder forward+backward** ({shape} + {args.prompts + 1} visual tokens = total length "
                f"{total}; RobertaModel gets the same length and mask; median of {args.steps} interleaved steps)\n")
@@ -449,7 +460,8 @@ def main():
     head = (f"## Speed ({device.type.upper()})\n\n`{command.strip()}` (took {elapsed:.0f} s). Random weights, "
             f"hidden {size['hidden_size']}, {size['num_hidden_layers']} layers, {size['num_attention_heads']} "
             f"heads, vocab {VOCAB}; dropout off. {machine(device)}.\n\n"
-            f"MAS encoder / RobertaModel at equal length: **{mas / rob:.3f}x** (target <= 1.10x).\n")  # fmt: skip
+            f"MAS encoder / RobertaModel at equal length: **{mas / rob:.3f}x** (target <= 1.10x; ratio of the "
+            f"medians{spread}).\n")  # fmt: skip
     text = head + "\n" + "\n".join(out) + "\n"
     print(text)
     if args.write:
