@@ -137,7 +137,7 @@ def markdown(results: dict, args: argparse.Namespace, source: str) -> str:
             f"continuous prompts; random open_clip `{args.clip}` image tower; a random 320x240 JPEG per example, read "
             f"from disk. {cpu_name()} ({os.cpu_count()} logical CPUs), {torch.get_num_threads()} torch threads, "
             f"torch {torch.__version__}, transformers {transformers.__version__}; load average "
-            f"{args.load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run (other work on the machine).",
+            f"{args.load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run.",
             "",
             f"| examples/s | one by one (`ner(x)` in a loop) | batched (`batch_size={args.batch_size}`) | speed-up |",
             "|---|---:|---:|---:|",
