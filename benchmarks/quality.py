@@ -288,9 +288,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def pm(values: list[float]) -> str:
+def pm(values: list[float], sign: str = "") -> str:
     mean, std = mean_std([100 * v for v in values])
-    return f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:{sign}.2f} ± {std:.2f}"
 
 
 def summarise(args) -> dict:
@@ -325,13 +325,14 @@ def report(args, summary: dict) -> str:
         f"grid {{{', '.join(f'{lr:g}' for lr in args.learning_rates)}}} chosen per model by {selection}, seeds "
         f"{seeds}; best-dev epoch, then test (n = {len(args.seeds)} seeds, mean ± sample std, entity-level, conlleval "
         f"semantics). Text only on both sides: the Twitter images are not available on this machine. The selected "
-        f"runs took {minutes:.0f} min of CPU training in total.",
+        f"runs' wall-clock times add up to {minutes:.0f} min (some ran two at a time on the 2 cores). The span "
+        f"model's head learns at {args.span_head_learning_rate:g} (see below).",
         "",
         "| model | lr (dev F1 by lr) | dev F1 | test P | test R | test F1 |",
         "|---|---|---:|---:|---:|---:|",
         *rows,
         "",
-        f"**Span model − token classification, test F1: {pm(differences)}** (paired by seed; per seed: "
+        f"**Span model − token classification, test F1: {pm(differences, sign='+')}** (paired by seed; per seed: "
         + ", ".join(f"{100 * d:+.2f}" for d in differences) + ").",
         "",
         "Test F1 by entity type (the paper's Fig. 3 compares per-type F1 the same way):",
