@@ -277,7 +277,7 @@ class PromptMNERSelfAttention(nn.Module):
                                                    self.split_heads(value), attention_mask, dropout)  # fmt: skip
         else:
             to_text, to_visual, key, value = self.modality_projections(hidden_states, text_length)  # (B, h, L, d)
-            if implementation == "sdpa" and hidden_states.device.type == "cpu":
+            if self.scores_per_key_modality(hidden_states.device):
                 mask = attention_mask.to(value.dtype)  # a no-op unless autocast lowered the precision
                 context = split_key_attention(to_text, to_visual, key, value, mask, text_length, dropout, self.scale)
                 weights = None
@@ -285,6 +285,10 @@ class PromptMNERSelfAttention(nn.Module):
                 query, key = stack_queries_and_keys(to_text, to_visual, key, text_length)  # (B, heads, L, 2d)
                 context, weights = self.attention_call(query, key, value, attention_mask, dropout)
         return context.reshape(batch_size, length, hidden_size), weights
+
+    def scores_per_key_modality(self, device: torch.device) -> bool:
+        """`split_key_attention` (CPU `sdpa`) rather than one attention call on stacked queries and keys."""
+        return self.config._attn_implementation == "sdpa" and device.type == "cpu"
 
     def attention_call(self, query, key, value, attention_mask, dropout):
         """The configured attention implementation (`ALL_ATTENTION_FUNCTIONS`) -> context `(B, L, heads, d)`."""

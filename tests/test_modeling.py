@@ -246,7 +246,11 @@ def test_split_key_attention_equals_stacked_sdpa():
 
 
 @pytest.mark.parametrize("use_mas", [True, False])
-def test_sdpa_mas_equals_eager_reference_outputs_and_gradients(use_mas):
+@pytest.mark.parametrize("path", ["per key modality", "stacked"])
+def test_sdpa_mas_equals_eager_reference_outputs_and_gradients(use_mas, path, monkeypatch):
+    """Both SDPA paths against the eager reference: the CPU one, and the stacked single call other devices take."""
+    if path == "stacked":
+        monkeypatch.setattr(PromptMNERSelfAttention, "scores_per_key_modality", lambda self, device: False)
     sdpa, eager = random_model("sdpa", use_mas=use_mas), random_model("eager", use_mas=use_mas)
     eager.load_state_dict(sdpa.state_dict())
     batch = collate([make_example(n, seed=10 + n) for n in (2, 8, 5, 6)], images=[True, False, True, True])
