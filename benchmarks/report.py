@@ -1,4 +1,4 @@
-"""What the benchmark scripts share for their reports: the machine's name and BENCHMARKS.md sections."""
+"""What the benchmark scripts share for their reports: the machine's name, BENCHMARKS.md sections, figures."""
 
 from __future__ import annotations
 
@@ -33,3 +33,21 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (imported on first use: only `--write` draws)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write `fig` as a PNG at `path` (folders created) and release it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)

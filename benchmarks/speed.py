@@ -46,7 +46,7 @@ from modeling_promptmner import PromptMNERForSpanNER  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_throughput import write_images  # noqa: E402
-from report import cpu_name, replace_section  # noqa: E402
+from report import cpu_name, pyplot, replace_section, save_figure  # noqa: E402
 
 SECTION = "speed"
 SIZES = {
@@ -343,12 +343,7 @@ def profile(args, device):
 
 def plot_ratios(encoder_ratio: float, train_ratios: dict[int, float], path: Path) -> None:
     """Bar charts of (a) MAS encoder / RobertaModel against the 1.10x target and (b) training step / text only."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(7.5, 3.0), gridspec_kw={"width_ratios": [1, 2]})
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(7.5, 3.0), gridspec_kw={"width_ratios": [1, 2]})
     left.bar(["RobertaModel", "MAS encoder"], [1.0, encoder_ratio], color=["#999999", "#1f77b4"])
     left.axhline(1.10, color="#d62728", linestyle="--", linewidth=1, label="target 1.10x")
     left.set_ylabel("time / RobertaModel")
@@ -362,10 +357,7 @@ def plot_ratios(encoder_ratio: float, train_ratios: dict[int, float], path: Path
         for bar in axis.patches:
             axis.annotate(f"{bar.get_height():.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                           ha="center", va="bottom", fontsize=8)  # fmt: skip
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 
