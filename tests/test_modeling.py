@@ -245,6 +245,19 @@ def test_split_key_attention_equals_stacked_sdpa():
         torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
 
 
+def test_mas_under_cpu_autocast():
+    """bf16 autocast on CPU (`accelerate launch --mixed_precision bf16` without GPU): the attention runs on bf16
+    queries, keys and values, and outputs and gradients stay close to float32's."""
+    model = random_model("sdpa")
+    batch = collate([make_example(n, seed=10 + n) for n in (2, 8, 5, 6)], images=[True, False, True, True])
+    out_fp32, grads_fp32 = forward_backward(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_bf16, grads_bf16 = forward_backward(model, batch)
+    torch.testing.assert_close(out_bf16.logits.float(), out_fp32.logits, atol=0.05, rtol=0)
+    for name, grad in grads_fp32.items():
+        assert (grads_bf16[name].float() - grad).norm() <= 0.05 * grad.norm() + 1e-6, name
+
+
 @pytest.mark.parametrize("use_mas", [True, False])
 @pytest.mark.parametrize("path", ["per key modality", "stacked"])
 def test_sdpa_mas_equals_eager_reference_outputs_and_gradients(use_mas, path, monkeypatch):
