@@ -371,8 +371,14 @@ def build_model(args: argparse.Namespace, processor: PromptMNERProcessor) -> Pro
 NEW_PARAMETERS = ("span_head.", "promptmner.visual_clues.")  # trained from scratch; the rest starts from the backbone
 
 
-def create_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases, LayerNorm weights and the prompt embeddings."""
+# Devices with torch's fused AdamW: one kernel over all parameters instead of a loop of element-wise ops. On CPU it
+# makes the optimizer step about 6x faster (75 -> 12 ms for the 34M parameters of benchmarks/speed.py's model).
+FUSED_ADAMW_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+def create_optimizer(model: torch.nn.Module, args: argparse.Namespace, device_type: str = "cpu") -> torch.optim.AdamW:
+    """AdamW without weight decay on biases, LayerNorm weights and the prompt embeddings; torch's fused
+    implementation on the devices that have it (`device_type`: where the parameters will be trained)."""
     no_decay = ("bias", "LayerNorm.weight", "prompt_embeds")
     head_lr = args.head_learning_rate or args.learning_rate
     groups = []
@@ -382,7 +388,7 @@ def create_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.
             {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": args.weight_decay, "lr": lr},
             {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0, "lr": lr},
         ]
-    return torch.optim.AdamW(groups, lr=args.learning_rate)
+    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=device_type in FUSED_ADAMW_DEVICES)
 
 
 @torch.no_grad()
@@ -434,7 +440,7 @@ def train(args, accelerator, model, processor, data, collator) -> dict:
         data["train"], shuffle=True, batch_size=args.per_device_train_batch_size, collate_fn=collator, generator=generator
     )
     dev_loader = DataLoader(data["validation"], batch_size=args.per_device_eval_batch_size, collate_fn=collator)
-    optimizer = create_optimizer(model, args)
+    optimizer = create_optimizer(model, args, accelerator.device.type)
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     scheduler = get_scheduler(

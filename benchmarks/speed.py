@@ -7,7 +7,8 @@ All models have random weights (no download); sizes: `minilm` = hidden 384, 6 la
 `base` = 768 / 12 / 12. Sections, each measured side by side in one run (interleaved rounds, median step):
   (a) encoder forward+backward: `PromptMNERModel` with image embeddings (text + K+1 visual tokens under MAS)
       against transformers' `RobertaModel` at the same total length, width and attention mask;
-  (b) full training step (`PromptMNERForSpanNER` loss backward + AdamW step): text only vs 16 / 50 / 100 clues;
+  (b) full training step (`PromptMNERForSpanNER` loss backward + run_mner.py's AdamW step): text only vs
+      16 / 50 / 100 clues;
   (c) CLIP image-embedding precompute: `PromptMNERProcessor.encode_images` with a random open_clip tower on
       generated images, and `run_mner.add_image_embeddings` on a small generated dataset, first call (encodes,
       writes the cache) vs second call (reads the cache);
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configuration_promptmner import PromptMNERConfig  # noqa: E402
 from modeling_promptmner import PromptMNERForSpanNER  # noqa: E402
+from run_mner import create_optimizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_throughput import write_images  # noqa: E402
@@ -142,7 +144,8 @@ def train_step(args, num_prompts: int, device):
     """(b): one training step closure; num_prompts 0 = text only (no image embeddings)."""
     torch.manual_seed(0)
     model = PromptMNERForSpanNER(promptmner_config(args, num_prompts)).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    hyper = argparse.Namespace(learning_rate=1e-5, head_learning_rate=None, weight_decay=0.01)
+    optimizer = create_optimizer(model, hyper, device.type)  # run_mner.py's AdamW (fused where torch has it)
     batch = make_batch(args, device)
     if num_prompts == 0:
         batch.pop("image_embeds")
@@ -426,7 +429,8 @@ def main():
         gflops = flops[k] / train[k] / 1e9
         rows.append([label, f"{1000 * train[k]:.1f}", f"{train[k] / train[0]:.2f}x", f"{flops[k] / 1e9:.1f}",
                      f"{gflops:.1f}", f"{100 * gflops / peak:.0f}%"])  # fmt: skip
-    out.append(f"\n**(b) Training step** (`PromptMNERForSpanNER` loss backward + AdamW step, {shape}, "
+    out.append(f"\n**(b) Training step** (`PromptMNERForSpanNER` loss backward + run_mner.py's fused AdamW step, "
+               f"{shape}, "
                f"median of {args.steps} interleaved steps) and **(e) achieved GFLOP/s** (FLOPs of forward+backward "
                f"counted by `FlopCounterMode`, per measured step time; fp32 {2048}x{2048} matmul here: "
                f"**{peak:.1f} GFLOP/s**)\n")  # fmt: skip

@@ -139,6 +139,40 @@ def test_no_arguments_means_the_demo():
     assert args.demo and args.output_dir == "outputs/demo"
 
 
+# --- the optimizer -------------------------------------------------------------------------------------------
+
+
+def test_first_optimizer_step_is_adamw_with_the_groups_rates_and_decay():
+    """One step of `create_optimizer`'s (fused) AdamW against AdamW's first step written out: with m = g and
+    v = g² after bias correction, p <- p (1 - lr wd) - lr g / (|g| + eps). The head learns at its own rate, and
+    biases, LayerNorm weights and the prompts are not decayed."""
+    from configuration_promptmner import PromptMNERConfig
+    from modeling_promptmner import PromptMNERForSpanNER
+
+    torch.manual_seed(0)
+    config = PromptMNERConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=24, max_position_embeddings=40, num_prompts=3, clip_embed_dim=8,
+                              span_hidden_size=8, labels=["O", "PER"])  # fmt: skip
+    model = PromptMNERForSpanNER(config)
+    hyper = run_mner.parse_args(["--train_file", "a.txt", "--learning_rate", "1e-4", "--head_learning_rate", "1e-2"])
+    optimizer = run_mner.create_optimizer(model, hyper, "cpu")
+    assert optimizer.defaults["fused"]
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer.step()
+
+    expected_rates = set()
+    for name, parameter in model.named_parameters():
+        lr = 1e-2 if name.startswith(("span_head.", "promptmner.visual_clues.")) else 1e-4
+        decay = 0.0 if name.endswith(("bias", "LayerNorm.weight", "prompt_embeds")) else hyper.weight_decay
+        grad = parameter.grad
+        expected = before[name] * (1 - lr * decay) - lr * grad / (grad.abs() + 1e-8)
+        torch.testing.assert_close(parameter.detach(), expected, atol=1e-7, rtol=1e-5, msg=name)
+        expected_rates.add((lr, decay))
+    assert expected_rates == {(1e-2, 0.0), (1e-2, 0.01), (1e-4, 0.0), (1e-4, 0.01)}
+
+
 # --- image embeddings are computed once ----------------------------------------------------------------------
 
 
