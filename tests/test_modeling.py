@@ -16,6 +16,7 @@ from modeling_promptmner import (
     backbone_to_config,
     split_key_attention,
     stack_queries_and_keys,
+    uniform_dropout,
 )
 
 LABELS = ["O", "PER", "LOC", "ORG", "MISC"]
@@ -243,6 +244,25 @@ def test_split_key_attention_equals_stacked_sdpa():
     torch.testing.assert_close(split, stacked, atol=1e-6, rtol=0)
     for ours, reference in zip(split_grads, stacked_grads):
         torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_uniform_dropout_is_dropout(dtype):
+    """The CPU dropout: a fraction p of zeros, the rest scaled by 1/(1-p) (F.dropout's distribution), gradients
+    through the same mask, dtype kept, and the identity in eval mode."""
+    torch.manual_seed(0)
+    x = (torch.rand(1000, 1000) + 0.5).to(dtype).requires_grad_()
+    out = uniform_dropout(x, 0.3, training=True)
+    assert out.dtype == dtype
+    dropped = out == 0
+    assert abs(dropped.float().mean().item() - 0.3) < 0.003
+    kept_scale = (out[~dropped].float() / x[~dropped].float()).detach()
+    torch.testing.assert_close(kept_scale, torch.full_like(kept_scale, 1 / 0.7), atol=0, rtol=1e-2)
+    (grad,) = torch.autograd.grad(out.float().sum(), x)
+    torch.testing.assert_close(grad.float(), (~dropped).float() / 0.7, atol=0, rtol=1e-2)
+    reference = torch.nn.functional.dropout(x, 0.3, training=True)
+    assert abs((reference == 0).float().mean().item() - dropped.float().mean().item()) < 0.003
+    assert uniform_dropout(x, 0.3, training=False) is x
 
 
 def test_mas_under_cpu_autocast():
