@@ -376,19 +376,25 @@ NEW_PARAMETERS = ("span_head.", "promptmner.visual_clues.")  # trained from scra
 FUSED_ADAMW_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
 
-def create_optimizer(model: torch.nn.Module, args: argparse.Namespace, device_type: str = "cpu") -> torch.optim.AdamW:
-    """AdamW without weight decay on biases, LayerNorm weights and the prompt embeddings; torch's fused
-    implementation on the devices that have it (`device_type`: where the parameters will be trained)."""
+def create_optimizer(
+    model: torch.nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    head_learning_rate: float | None = None,
+    device_type: str = "cpu",
+) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases, LayerNorm weights and the prompt embeddings; `NEW_PARAMETERS` learn at
+    `head_learning_rate` (default: `learning_rate`); torch's fused implementation on the devices that have it
+    (`device_type`: where the parameters will be trained)."""
     no_decay = ("bias", "LayerNorm.weight", "prompt_embeds")
-    head_lr = args.head_learning_rate or args.learning_rate
     groups = []
-    for is_head, lr in ((False, args.learning_rate), (True, head_lr)):
+    for is_head, lr in ((False, learning_rate), (True, head_learning_rate or learning_rate)):
         named = [(n, p) for n, p in model.named_parameters() if n.startswith(NEW_PARAMETERS) == is_head]
         groups += [
-            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": args.weight_decay, "lr": lr},
+            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": weight_decay, "lr": lr},
             {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0, "lr": lr},
         ]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=device_type in FUSED_ADAMW_DEVICES)
+    return torch.optim.AdamW(groups, lr=learning_rate, fused=device_type in FUSED_ADAMW_DEVICES)
 
 
 @torch.no_grad()
@@ -440,7 +446,9 @@ def train(args, accelerator, model, processor, data, collator) -> dict:
         data["train"], shuffle=True, batch_size=args.per_device_train_batch_size, collate_fn=collator, generator=generator
     )
     dev_loader = DataLoader(data["validation"], batch_size=args.per_device_eval_batch_size, collate_fn=collator)
-    optimizer = create_optimizer(model, args, accelerator.device.type)
+    optimizer = create_optimizer(
+        model, args.learning_rate, args.weight_decay, args.head_learning_rate, accelerator.device.type
+    )
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     scheduler = get_scheduler(

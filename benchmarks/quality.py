@@ -172,8 +172,8 @@ class TokenClassificationRun:
         train_loader = self.loader("train", shuffle=True)
         dev_loader, test_loader = self.loader("valid", shuffle=False), self.loader("test", shuffle=False)
         # run_mner's AdamW grouping (no decay on biases and LayerNorm); one rate for everything, as run_ner_no_trainer
-        hyper = argparse.Namespace(learning_rate=self.learning_rate, head_learning_rate=None, weight_decay=WEIGHT_DECAY)
-        optimizer = run_mner.create_optimizer(self.model, hyper, accelerator.device.type)
+        optimizer = run_mner.create_optimizer(self.model, self.learning_rate, WEIGHT_DECAY,
+                                              device_type=accelerator.device.type)  # fmt: skip
         max_steps = args.epochs * len(train_loader)
         scheduler = get_scheduler("linear", optimizer, int(WARMUP_RATIO * max_steps), max_steps)
         model, optimizer, train_loader, scheduler = accelerator.prepare(self.model, optimizer, train_loader, scheduler)

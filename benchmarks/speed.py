@@ -147,8 +147,7 @@ def train_step(args, num_prompts: int, device):
     """(b): one training step closure; num_prompts 0 = text only (no image embeddings)."""
     torch.manual_seed(0)
     model = PromptMNERForSpanNER(promptmner_config(args, num_prompts)).to(device).train()
-    hyper = argparse.Namespace(learning_rate=1e-5, head_learning_rate=None, weight_decay=0.01)
-    optimizer = create_optimizer(model, hyper, device.type)  # run_mner.py's AdamW (fused where torch has it)
+    optimizer = create_optimizer(model, 1e-5, 0.01, device_type=device.type)  # run_mner.py's AdamW (fused here)
     batch = make_batch(args, device)
     if num_prompts == 0:
         batch.pop("image_embeds")

@@ -155,7 +155,7 @@ def test_first_optimizer_step_is_adamw_with_the_groups_rates_and_decay():
                               span_hidden_size=8, labels=["O", "PER"])  # fmt: skip
     model = PromptMNERForSpanNER(config)
     hyper = run_mner.parse_args(["--train_file", "a.txt", "--learning_rate", "1e-4", "--head_learning_rate", "1e-2"])
-    optimizer = run_mner.create_optimizer(model, hyper, "cpu")
+    optimizer = run_mner.create_optimizer(model, hyper.learning_rate, hyper.weight_decay, hyper.head_learning_rate)
     assert optimizer.defaults["fused"]
     for parameter in model.parameters():
         parameter.grad = torch.randn_like(parameter)
