@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 import mner_data
+from mner_training import model_from_backbone
 from modeling_promptmner import PromptMNERForSpanNER
 from pipeline_promptmner import WIDGET_EXAMPLES, save_pipeline, usage_snippets
 from processing_promptmner import PromptMNERProcessor, load_tokenizer
@@ -354,7 +355,7 @@ def build_model(args: argparse.Namespace, processor: PromptMNERProcessor) -> Pro
     if args.prompts == "continuous" and args.prompt_init == "vocabulary":
         generator = torch.Generator().manual_seed(args.seed)
         prompt_embeds = initial_prompt_embeds(args.num_prompts, processor.vocabulary_embeds(), generator)
-    return PromptMNERForSpanNER.from_backbone(
+    return model_from_backbone(
         args.model_name_or_path,
         processor=processor,
         prompts=prompt_kind(args.prompts),

@@ -32,7 +32,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from modeling_promptmner import PromptMNERForSpanNER  # noqa: E402
+from mner_training import model_from_backbone  # noqa: E402
 from pipeline_promptmner import MultimodalNERPipeline  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
 
@@ -95,7 +95,7 @@ def build_pipeline(clip: str) -> MultimodalNERPipeline:
         processor = PromptMNERProcessor.from_clip(backbone, clip_config=TINY_CLIP, clip_pretrained=None)
     else:
         processor = PromptMNERProcessor.from_clip(backbone, clip_model_name=clip, clip_pretrained=None)
-    model = PromptMNERForSpanNER.from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=100)
+    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=100)
     return MultimodalNERPipeline(model=model.eval(), processor=processor, device="cpu")
 
 

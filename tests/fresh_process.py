@@ -17,6 +17,7 @@ PROJECT_MODULES = (
     "processing_promptmner",
     "span_utils",
     "mner_data",
+    "mner_training",
     "run_mner",
     "pipeline_promptmner",
     "predict_mner",

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from fresh_process import offline_hub_cache, run_without_project
 from tiny_models import tiny_roberta
+from mner_training import model_from_backbone
 from modeling_promptmner import PromptMNERForSpanNER
 
 REPO_ID = "org/promptmner-tiny"
@@ -19,7 +20,7 @@ TEXT = "Kevin Durant arrives in Oklahoma City"
 def tiny_model(processor) -> PromptMNERForSpanNER:
     tokenizer = processor.tokenizer
     backbone = tiny_roberta(len(tokenizer), tokenizer.pad_token_id, max_positions=64)
-    model = PromptMNERForSpanNER.from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
+    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
     with torch.no_grad():  # a trained-looking head, so that some spans come out as entities
         model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))
     return model.eval()

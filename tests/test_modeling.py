@@ -7,13 +7,13 @@ import torch
 from transformers import BertModel
 
 from configuration_promptmner import PromptMNERConfig
+from mner_training import backbone_to_config, model_from_backbone
 from tiny_models import tiny_roberta
 from modeling_promptmner import (
     PromptMNERForSpanNER,
     PromptMNERModel,
     PromptMNERSelfAttention,
     additive_mask,
-    backbone_to_config,
     split_key_attention,
     stack_queries_and_keys,
     uniform_dropout,
@@ -109,7 +109,7 @@ def minilm_path() -> str:
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_text_only_hidden_states_equal_roberta(attn_implementation):
     roberta = tiny_roberta()
-    model = PromptMNERForSpanNER.from_backbone(
+    model = model_from_backbone(
         roberta, num_prompts=NUM_PROMPTS, clip_embed_dim=CLIP_DIM, labels=LABELS, max_span_length=4
     ).eval()
     model.set_attn_implementation(attn_implementation)
@@ -127,7 +127,7 @@ def test_text_only_hidden_states_equal_roberta(attn_implementation):
 def test_bert_backbone_conversion_matches_bert(minilm_path):
     """The real pretrained MiniLM (BERT): position ids shifted to RoBERTa's convention give the same states."""
     bert = BertModel.from_pretrained(minilm_path).eval()
-    model = PromptMNERForSpanNER.from_backbone(
+    model = model_from_backbone(
         minilm_path, num_prompts=NUM_PROMPTS, clip_embed_dim=CLIP_DIM, labels=LABELS
     ).eval()
     assert model.config.pad_token_id == bert.config.pad_token_id == 0
@@ -141,7 +141,7 @@ def test_bert_backbone_conversion_matches_bert(minilm_path):
 
 def test_from_backbone_reports_what_is_new():
     roberta = tiny_roberta()
-    model = PromptMNERForSpanNER.from_backbone(roberta, num_prompts=NUM_PROMPTS, clip_embed_dim=CLIP_DIM)
+    model = model_from_backbone(roberta, num_prompts=NUM_PROMPTS, clip_embed_dim=CLIP_DIM)
     report = model.loading_report
     layer = model.promptmner.encoder.layer[1].attention.self
     for pair in (layer.t2v_query, layer.v2t_query, layer.v2v_query):

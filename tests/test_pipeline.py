@@ -15,6 +15,7 @@ import predict_mner
 from conftest import TWEET_SENTENCES
 from fresh_process import offline_hub_cache, run_without_project
 from tiny_models import tiny_roberta
+from mner_training import model_from_backbone
 from modeling_promptmner import PromptMNERForSpanNER
 from pipeline_promptmner import (
     WIDGET_EXAMPLES,
@@ -37,7 +38,7 @@ def tiny_model(processor, max_position_embeddings: int = 64, num_layers: int = 2
     """A small random PromptMNER model whose head is biased so that many spans come out as entities."""
     tokenizer = processor.tokenizer
     backbone = tiny_roberta(len(tokenizer), tokenizer.pad_token_id, max_position_embeddings, num_layers)
-    model = PromptMNERForSpanNER.from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
+    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
     with torch.no_grad():
         model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))
     return model.eval()

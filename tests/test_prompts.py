@@ -20,6 +20,7 @@ import explain_prompts
 import prompt_vocabularies as pv
 import prompt_vocabulary_kb
 import tiny_models
+from mner_training import model_from_backbone
 from modeling_promptmner import PromptMNERForSpanNER
 from processing_promptmner import PromptMNERProcessor
 
@@ -241,7 +242,7 @@ def test_discrete_kind_round_trip(
     processor = processor_with(bert_tokenizer, tiny_clip_config, vocabulary)
     prompt_embeds = processor.encode_prompts()
     assert prompt_embeds.shape == (len(vocabulary), tiny_clip_config["embed_dim"])
-    model = PromptMNERForSpanNER.from_backbone(tiny_bert, processor=processor, prompts=pv.prompt_kind(spec)).eval()
+    model = model_from_backbone(tiny_bert, processor=processor, prompts=pv.prompt_kind(spec)).eval()
     assert model.config.prompt_kind == pv.prompt_kind(spec) and model.config.num_prompts == len(vocabulary)
 
     processor.save_pretrained(tmp_path)
@@ -359,7 +360,7 @@ def continuous_model_dir(tmp_path_factory, bert_tokenizer, tiny_clip_config, tin
     processor = processor_with(bert_tokenizer, tiny_clip_config, list(pv.EXPERT_VOCABULARY[:5]))
     vocab_embeds = processor.encode_prompts()
     init = pv.initial_prompt_embeds(7, vocab_embeds, torch.Generator().manual_seed(0))
-    model = PromptMNERForSpanNER.from_backbone(tiny_bert, processor=processor, prompts="continuous", prompt_embeds=init)
+    model = model_from_backbone(tiny_bert, processor=processor, prompts="continuous", prompt_embeds=init)
     processor.save_pretrained(folder)
     model.save_pretrained(folder)
     pv.save_vocabulary_embeds(folder, vocab_embeds, processor.prompt_vocabulary, processor.prompt_template)
@@ -382,7 +383,7 @@ def test_cli_explains_continuous_prompts_with_nearest_words(continuous_model_dir
 
 def test_cli_explains_discrete_prompts_as_json(bert_tokenizer, tiny_clip_config, tiny_bert, image_file, tmp_path, capsys):
     processor = processor_with(bert_tokenizer, tiny_clip_config, pv.load_vocabulary("task_labels"))
-    model = PromptMNERForSpanNER.from_backbone(tiny_bert, processor=processor, prompts="task_labels")
+    model = model_from_backbone(tiny_bert, processor=processor, prompts="task_labels")
     processor.save_pretrained(tmp_path)
     model.save_pretrained(tmp_path)
     argv = ["--model", str(tmp_path), "--image", str(image_file), "--top", "3", "--json"]
