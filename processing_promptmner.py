@@ -18,8 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,316 +25,73 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
-from huggingface_hub import hf_hub_download
-from PIL import Image, ImageOps, UnidentifiedImageError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
 try:
-    from .prompt_vocabularies import TASK_LABELS, explain, load_vocabulary, save_vocabulary_embeds
-    from .span_utils import bio_to_spans, decode_spans, span_label_grid
+    from .clip_promptmner import (
+        CLIP_VISION_WEIGHTS_NAME,
+        IMAGE_INTERPOLATIONS,
+        IMAGE_RESIZE_MODES,
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+        build_clip,
+        check_clip_config,
+        clip_text_tokenizer,
+        clip_vision_tower,
+        create_open_clip,
+        embed_in_batches,
+        embed_present,
+        first_parameter,
+        has_weights,
+        load_clip_vision,
+        load_image,
+        resolve_clip_vision_file,
+        save_clip_vision,
+    )
+    from .configuration_promptmner import DEFAULT_LABELS
+    from .prompt_vocabularies import TASK_LABELS, load_vocabulary, save_vocabulary_embeds
+    from .span_utils import bio_to_spans, decode_spans, entity_dicts, span_label_grid, valid_span_mask
+    from .tweet_words import join_words, split_words
 except ImportError:
-    from prompt_vocabularies import TASK_LABELS, explain, load_vocabulary, save_vocabulary_embeds
-    from span_utils import bio_to_spans, decode_spans, span_label_grid
+    from clip_promptmner import (
+        CLIP_VISION_WEIGHTS_NAME,
+        IMAGE_INTERPOLATIONS,
+        IMAGE_RESIZE_MODES,
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+        build_clip,
+        check_clip_config,
+        clip_text_tokenizer,
+        clip_vision_tower,
+        create_open_clip,
+        embed_in_batches,
+        embed_present,
+        first_parameter,
+        has_weights,
+        load_clip_vision,
+        load_image,
+        resolve_clip_vision_file,
+        save_clip_vision,
+    )
+    from configuration_promptmner import DEFAULT_LABELS
+    from prompt_vocabularies import TASK_LABELS, load_vocabulary, save_vocabulary_embeds
+    from span_utils import bio_to_spans, decode_spans, entity_dicts, span_label_grid, valid_span_mask
+    from tweet_words import join_words, split_words
 
 
 logger = logging.get_logger(__name__)
 
-CLIP_VISION_WEIGHTS_NAME = "clip_vision.safetensors"
-DEFAULT_LABELS = ("O", "PER", "LOC", "ORG", "MISC")
 # The paper's "task labels" vocabulary.
 DEFAULT_PROMPT_VOCABULARY = TASK_LABELS
 DEFAULT_PROMPT_TEMPLATE = "an image of {}"
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGE_INTERPOLATIONS = ("bicubic", "bilinear")
-IMAGE_RESIZE_MODES = ("shortest", "longest", "squash")
 # Runtime objects kept out of `to_dict` (they are not JSON and may be large).
 _RUNTIME_ATTRIBUTES = ("_clip_vision", "_clip_model", "_image_transform", "_clip_text_tokenizer", "_vocabulary_embeds")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Word splitting
-# ----------------------------------------------------------------------------------------------------------------
-
-_ZERO_WIDTH_JOINER = "\u200d"
-_URL_RE = re.compile(r"(?:[a-z][a-z0-9+.\-]*://|www\.)\S", re.IGNORECASE)
-_ABBREVIATION_RE = re.compile(r"(?:[^\W\d_]\.){2,}")
-_URL_TRAILING = set(".,;:!?\"'\u2026\u00bb\u201d\u2019")
-_CLOSING_BRACKETS = {")": "(", "]": "[", "}": "{"}
-_HANDLE_PREFIXES = "@#$"
-
-
-def _is_extender(char: str) -> bool:
-    """Whether `char` belongs to the character before it (combining mark, joiner, emoji modifier...)."""
-    return unicodedata.category(char) in ("Mn", "Me", "Cf") or 0x1F3FB <= ord(char) <= 0x1F3FF
-
-
-def _is_regional_indicator(char: str) -> bool:
-    return 0x1F1E6 <= ord(char) <= 0x1F1FF
-
-
-def _clusters(chunk: str) -> list[tuple[int, int]]:
-    """Split a whitespace-free chunk into user-perceived characters (approximate grapheme clusters)."""
-    clusters = []
-    index = 0
-    while index < len(chunk):
-        end = index + 1
-        if _is_regional_indicator(chunk[index]) and end < len(chunk) and _is_regional_indicator(chunk[end]):
-            end += 1  # a flag is a pair of regional indicators
-        while end < len(chunk) and (_is_extender(chunk[end]) or chunk[end - 1] == _ZERO_WIDTH_JOINER):
-            end += 1
-        clusters.append((index, end))
-        index = end
-    return clusters
-
-
-def _is_edge_symbol(chunk: str, cluster: tuple[int, int]) -> bool:
-    """Whether a cluster is punctuation or a symbol (Unicode categories P* and S*, emoji included; not `_`)."""
-    char = chunk[cluster[0]]
-    return char != "_" and unicodedata.category(char)[0] in "PS"
-
-
-def _is_word_char(char: str) -> bool:
-    return char.isalnum() or char == "_"
-
-
-def _group_runs(chunk: str, clusters: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Merge consecutive identical clusters ("!!!", "...", a repeated emoji) into one word."""
-    runs: list[tuple[int, int]] = []
-    previous = None
-    for start, end in clusters:
-        piece = chunk[start:end]
-        if runs and piece == previous:
-            runs[-1] = (runs[-1][0], end)
-        else:
-            runs.append((start, end))
-        previous = piece
-    return runs
-
-
-def _peel_trailing(chunk: str, clusters: list[tuple[int, int]], is_url: bool) -> int:
-    """Number of trailing clusters to split off the core of a chunk."""
-    core_end = len(clusters)
-    while core_end > 0:
-        start, end = clusters[core_end - 1]
-        text = chunk[clusters[0][0] : clusters[core_end - 1][1]]
-        char = chunk[start:end]
-        if is_url:
-            opening = _CLOSING_BRACKETS.get(char)
-            unbalanced = opening is not None and text.count(opening) < text.count(char)
-            if not (char in _URL_TRAILING or unbalanced):
-                break
-        else:
-            if not _is_edge_symbol(chunk, (start, end)) or _ABBREVIATION_RE.fullmatch(text):
-                break
-        core_end -= 1
-    return len(clusters) - core_end
-
-
-def _split_chunk(chunk: str) -> list[tuple[int, int]]:
-    """Split one whitespace-free chunk into `(start, end)` word offsets relative to the chunk."""
-    clusters = _clusters(chunk)
-    core_start = 0
-    while core_start < len(clusters) and _is_edge_symbol(chunk, clusters[core_start]):
-        start, end = clusters[core_start]
-        keeps_handle = chunk[start] in _HANDLE_PREFIXES and end < len(chunk) and _is_word_char(chunk[end])
-        if keeps_handle:
-            break
-        core_start += 1
-    core = clusters[core_start:]
-    is_url = bool(core) and _URL_RE.match(chunk, core[0][0]) is not None
-    num_trailing = _peel_trailing(chunk, core, is_url) if core else 0
-    core_end = len(core) - num_trailing
-    words = _group_runs(chunk, clusters[:core_start])
-    if core_end > 0:
-        words.append((core[0][0], core[core_end - 1][1]))
-    words += _group_runs(chunk, core[core_end:])
-    return words
-
-
-def split_words(text: str) -> list[tuple[str, int, int]]:
-    """Split a raw string into words with character offsets: `[(word, start, end), ...]`, `text[start:end] == word`.
-
-    The rule, designed for tweets:
-
-    1. Split on whitespace (Python's `str.split` notion of whitespace).
-    2. In each chunk, peel punctuation and symbols (Unicode categories `P*` and `S*`, emoji included) off both
-       edges; each peeled run of one repeated character (`"!!!"`, `"..."`, `"😂😂"`) is one word, different
-       characters are separate words (`"?!"` -> `"?"`, `"!"`).
-    3. Kept intact: `@mentions`, `#hashtags` and `$cashtags` (a leading `@`/`#`/`$` followed by a letter, digit
-       or `_`); URLs (`scheme://...` or `www....`), which only lose trailing sentence punctuation and unbalanced
-       closing brackets; dotted abbreviations such as `"U.S."` or `"e.g."`; everything inside a word (apostrophes,
-       hyphens, dots, slashes: `"don't"`, `"Jean-Luc"`, `"3.5"`).
-    4. Combining marks, zero-width joiners, emoji skin-tone modifiers and flag pairs stay with their character.
-
-    Example: `"RT @user: Obama visits the U.S. today!!! http://t.co/x."` gives `RT`, `@user`, `:`, `Obama`,
-    `visits`, `the`, `U.S.`, `today`, `!!!`, `http://t.co/x`, `.`.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    words = []
-    for match in re.finditer(r"\S+", text):
-        offset = match.start()
-        for start, end in _split_chunk(match.group()):
-            words.append((text[offset + start : offset + end], offset + start, offset + end))
-    return words
-
-
-def join_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
-    """Join pre-split words with single spaces; return the text and each word's `(start, end)` in it."""
-    offsets = []
-    position = 0
-    for word in words:
-        offsets.append((position, position + len(word)))
-        position += len(word) + 1
-    return " ".join(words), offsets
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Images
-# ----------------------------------------------------------------------------------------------------------------
-
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-
-
-def _composite_on_white(image: Image.Image) -> Image.Image:
-    """Flatten an image with transparency onto a white background."""
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def _to_uint8(array: np.ndarray, *, source: str) -> np.ndarray:
-    """Scale an image array to uint8 by its dtype's range (uint16: /257; float: [0, 1] -> [0, 255])."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
-    if array.dtype == np.uint16:
-        return np.round(array.astype(np.float64) / 257.0).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ValueError(f"{source}: float image contains NaN or infinite values")
-        low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
-        if low < 0.0 or high > 1.0:
-            raise ValueError(f"{source}: float image values must lie in [0, 1], got range [{low}, {high}]")
-        return np.round(array * 255.0).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.integer):
-        low, high = int(array.min(initial=0)), int(array.max(initial=0))
-        if low < 0 or high > 255:
-            raise ValueError(
-                f"{source}: {array.dtype} image values must lie in [0, 255] (use uint16 for 16-bit images), "
-                f"got range [{low}, {high}]"
-            )
-        return array.astype(np.uint8)
-    raise ValueError(f"{source}: unsupported image dtype {array.dtype}")
-
-
-def _array_to_image(array: np.ndarray, *, source: str = "numpy image") -> Image.Image:
-    """Turn an HxW or HxWxC (C in 1..4) array into a PIL image (L, LA, RGB or RGBA)."""
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)):
-        raise ValueError(f"{source}: expected an HxW or HxWxC array with C in 1..4, got shape {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"{source}: image is empty, shape {array.shape}")
-    # uint8 HxW / HxWx2 / HxWx3 / HxWx4 arrays become L / LA / RGB / RGBA images.
-    return Image.fromarray(np.ascontiguousarray(_to_uint8(np.asarray(array), source=source)))
-
-
-def _high_bit_depth_to_uint8(image: Image.Image, *, source: str) -> np.ndarray:
-    """Scale an `I;16*`, `I` or `F` image to uint8 without PIL's clipping.
-
-    `I;16*` is 16-bit by definition (divide by 257). `I` (32-bit int) and `F` (float) have no intrinsic range:
-    `I` is read as 8-bit if all values fit in [0, 255] and as 16-bit if they fit in [0, 65535]; `F` as [0, 1]
-    if it fits, else [0, 255]; anything else is stretched linearly from its [min, max].
-    """
-    array = np.asarray(image).astype(np.float64)
-    low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
-    if image.mode.startswith("I;16"):
-        scale, offset = 65535.0, 0.0
-    elif image.mode == "I" and low >= 0 and high <= 255:
-        scale, offset = 255.0, 0.0
-    elif image.mode == "I" and low >= 0 and high <= 65535:
-        scale, offset = 65535.0, 0.0
-    elif image.mode == "F" and low >= 0 and high <= 1:
-        scale, offset = 1.0, 0.0
-    elif image.mode == "F" and low >= 0 and high <= 255:
-        scale, offset = 255.0, 0.0
-    else:
-        if not np.isfinite(array).all():
-            raise ValueError(f"{source}: {image.mode} image contains NaN or infinite values")
-        scale, offset = max(high - low, 1e-12), low
-    return np.round(np.clip((array - offset) / scale, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _pil_to_rgb(image: Image.Image, *, source: str) -> Image.Image:
-    """Convert any PIL mode to RGB; transparency is composited on white, high bit depths are rescaled."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
-        return _composite_on_white(image)
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        return Image.fromarray(_high_bit_depth_to_uint8(image, source=source)).convert("RGB")
-    try:
-        return image.convert("RGB")
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{source}: cannot convert PIL mode {mode!r} to RGB: {err}") from err
-
-
-def _open_image_file(path: Path) -> Image.Image:
-    """Open and fully decode an image file, applying its EXIF orientation; errors name the file."""
-    if not path.exists():
-        raise FileNotFoundError(f"Image file not found: {str(path)!r}")
-    if not path.is_file():
-        raise ValueError(f"Cannot read image {str(path)!r}: not a regular file")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
-            if image is opened:
-                image = opened.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"Cannot read image file {str(path)!r}: {type(err).__name__}: {err}") from err
-    return image
-
-
-def load_image(image: Image.Image | str | os.PathLike | np.ndarray) -> Image.Image:
-    """Load one image as an RGB `PIL.Image`, never substituting another image.
-
-    Accepts a `PIL.Image` (any mode), a file path (`str` / `Path`), or a numpy array of shape HxW, HxWx1,
-    HxWx2 (gray + alpha), HxWx3 or HxWx4 (RGBA) with dtype uint8, uint16 (16-bit, scaled by 1/257), bool, other
-    integers within [0, 255], or float within [0, 1].
-
-    Conversions: images with transparency (RGBA, LA, PA, and P with a transparency entry) are composited on a
-    **white** background (what a viewer shows; dropping alpha would expose arbitrary colours, often black, under
-    transparent pixels). 16-bit images (`I;16`, `I;16B`, ...) are scaled to 8 bits instead of clipped; `I` and `F`
-    images are scaled by their value range (see `_high_bit_depth_to_uint8`). CMYK, L, 1, P, YCbCr, ... use PIL's
-    conversion. File images are rotated by their EXIF orientation; animated images give their first frame.
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: the file cannot be decoded (message names the file and the reason) or the array is invalid.
-        TypeError: unsupported input type.
-    """
-    if isinstance(image, Image.Image):
-        return _pil_to_rgb(image, source=f"PIL image (mode {image.mode})")
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        return _pil_to_rgb(_open_image_file(path), source=f"image file {str(path)!r}")
-    if isinstance(image, np.ndarray):
-        return _pil_to_rgb(_array_to_image(image), source="numpy image")
-    raise TypeError(f"image must be a PIL.Image, a file path or a numpy array, got {type(image).__name__}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Tokenizer and CLIP helpers
+# Tokenizer checks
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -385,45 +140,6 @@ def load_tokenizer(name_or_path: str | os.PathLike, **kwargs) -> PreTrainedToken
     if getattr(tokenizer, "is_fast", False) and _needs_prefix_space(tokenizer):
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **{**kwargs, "add_prefix_space": True})
     return tokenizer
-
-
-def _check_clip_config(clip_config: Any) -> None:
-    if not isinstance(clip_config, Mapping):
-        raise ValueError(f"clip_config must be an open_clip model config dict, got {type(clip_config).__name__}")
-    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in clip_config]
-    if missing:
-        raise ValueError(f"clip_config is missing {missing}; expected the dict of open_clip.get_model_config(name)")
-    if "multimodal_cfg" in clip_config:
-        raise ValueError("clip_config describes a CoCa model; only CLIP-style (two tower) models are supported")
-
-
-def _build_clip(clip_config: Mapping[str, Any]) -> torch.nn.Module:
-    """Instantiate an open_clip `CLIP` (or `CustomTextCLIP` for `custom_text` / HF text configs) from its config."""
-    config = copy.deepcopy(dict(clip_config))
-    custom_text = bool(config.pop("custom_text", False)) or "hf_model_name" in config.get("text_cfg", {})
-    model_class = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
-    return model_class(**config)
-
-
-def _embed_in_batches(module: torch.nn.Module, items: Sequence[Any], batch_size: int, embed) -> torch.Tensor | None:
-    """`embed` over `items` `batch_size` at a time with `module` in eval mode under inference mode: the
-    L2-normalised rows as an ordinary float32 CPU tensor `(N, D)` (None for no items). Restores the module's mode."""
-    chunks = []
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            for begin in range(0, len(items), batch_size):
-                chunks.append(F.normalize(embed(items[begin : begin + batch_size]).float(), dim=-1).cpu())
-    finally:
-        module.train(was_training)
-    return torch.cat(chunks).clone() if chunks else None  # clone: a normal tensor, usable in autograd graphs
-
-
-def _first_parameter(module: torch.nn.Module) -> torch.Tensor:
-    for tensor in module.parameters():
-        return tensor
-    raise ValueError("the CLIP image tower has no parameters")
 
 
 class PromptMNERBatch(BatchFeature):
@@ -547,7 +263,7 @@ class PromptMNERProcessor(ProcessorMixin):
         self.clip_pretrained = clip_pretrained
         self._validate()
         self._clip_model = clip_model
-        self._clip_vision = self._init_clip_vision(clip_model)
+        self._clip_vision = clip_vision_tower(self.clip_config, clip_model)
         self._image_transform = None
         self._clip_text_tokenizer = None
         self._vocabulary_embeds = None  # (vocabulary, template, embeddings) of the last save, reused while unchanged
@@ -585,22 +301,7 @@ class PromptMNERProcessor(ProcessorMixin):
         if self.image_resize_mode not in IMAGE_RESIZE_MODES:
             raise ValueError(f"image_resize_mode must be one of {IMAGE_RESIZE_MODES}, got {self.image_resize_mode!r}")
         if self.clip_config is not None:
-            _check_clip_config(self.clip_config)
-
-    def _init_clip_vision(self, clip_model: torch.nn.Module | None) -> torch.nn.Module | None:
-        """The image tower: the live model's, or one built on the meta device (weights come from a file)."""
-        if clip_model is not None:
-            if self.clip_config is None:
-                raise ValueError("clip_model needs its clip_config (the open_clip model config) to be saved")
-            if not isinstance(getattr(clip_model, "visual", None), torch.nn.Module):
-                raise ValueError(
-                    f"clip_model must be an open_clip model with a .visual tower, got {type(clip_model).__name__}"
-                )
-            return clip_model.visual
-        if self.clip_config is None:
-            return None
-        with torch.device("meta"):
-            return _build_clip(self.clip_config).visual
+            check_clip_config(self.clip_config)
 
     @classmethod
     def from_clip(
@@ -636,11 +337,11 @@ class PromptMNERProcessor(ProcessorMixin):
                     f"clip_pretrained={clip_pretrained!r} needs a registered clip_model_name; an explicit clip_config "
                     "builds a randomly initialised CLIP, pass clip_pretrained=None"
                 )
-            _check_clip_config(clip_config)
+            check_clip_config(clip_config)
             config = copy.deepcopy(dict(clip_config))
-            model = _build_clip(config)
+            model = build_clip(config)
         else:
-            config, model = cls._create_open_clip(clip_model_name, clip_pretrained, cache_dir)
+            config, model = create_open_clip(clip_model_name, clip_pretrained, cache_dir)
         model.eval().requires_grad_(False)
         preprocess = open_clip.get_model_preprocess_cfg(model)
         init_kwargs = {
@@ -656,30 +357,6 @@ class PromptMNERProcessor(ProcessorMixin):
         }
         init_kwargs.update(kwargs)
         return cls(tokenizer, clip_config=config, clip_model=model, **init_kwargs)
-
-    @staticmethod
-    def _create_open_clip(
-        clip_model_name: str | None, clip_pretrained: str | None, cache_dir: str | None
-    ) -> tuple[dict, torch.nn.Module]:
-        """Create a registered open_clip model and return `(config it was built from, model)`."""
-        if not clip_model_name:
-            raise ValueError("from_clip needs clip_model_name (a registered open_clip model) or clip_config")
-        config = open_clip.get_model_config(clip_model_name)
-        if config is None:
-            raise ValueError(
-                f"clip_model_name {clip_model_name!r} is not a registered open_clip model; see open_clip.list_models()"
-            )
-        force_quick_gelu = False
-        if clip_pretrained is not None:
-            tag_config = open_clip.get_pretrained_cfg(clip_model_name, clip_pretrained) or {}
-            # OpenAI's weights were trained with QuickGELU; the plain "RN50" config says GELU.
-            force_quick_gelu = bool(tag_config.get("quick_gelu", False)) and not config.get("quick_gelu", False)
-        if force_quick_gelu:
-            config["quick_gelu"] = True
-        model, _, _ = open_clip.create_model_and_transforms(
-            clip_model_name, pretrained=clip_pretrained, force_quick_gelu=force_quick_gelu, cache_dir=cache_dir
-        )
-        return config, model
 
     # -- serialisation -----------------------------------------------------------------------------------------
 
@@ -706,13 +383,7 @@ class PromptMNERProcessor(ProcessorMixin):
             self._require_clip_weights()  # before writing anything
         files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         if self._clip_vision is not None:
-            weights_file = os.path.join(save_directory, CLIP_VISION_WEIGHTS_NAME)
-            state_dict = {
-                name: tensor.detach().cpu().clone().contiguous()
-                for name, tensor in self._clip_vision.state_dict().items()
-            }
-            save_file(state_dict, weights_file, metadata={"format": "pt"})
-            files.append(weights_file)
+            files.append(save_clip_vision(self._clip_vision, save_directory))
         if self._clip_model is not None:  # CLIP text embeddings of the vocabulary, for explanations
             files.append(
                 save_vocabulary_embeds(
@@ -749,7 +420,7 @@ class PromptMNERProcessor(ProcessorMixin):
             **kwargs,
         )
         if processor.clip_config is not None:
-            weights_file = cls._resolve_clip_weights(
+            weights_file = resolve_clip_vision_file(
                 pretrained_model_name_or_path,
                 subfolder=kwargs.get("subfolder", ""),
                 cache_dir=cache_dir,
@@ -761,23 +432,6 @@ class PromptMNERProcessor(ProcessorMixin):
             processor.load_clip_vision_weights(weights_file)
         return processor
 
-    @staticmethod
-    def _resolve_clip_weights(
-        pretrained_model_name_or_path: str | os.PathLike, *, subfolder: str = "", **hub_kwargs
-    ) -> str:
-        """Path of `clip_vision.safetensors` in a local folder, or downloaded / cached from a Hub repo."""
-        path = str(pretrained_model_name_or_path)
-        if os.path.isfile(path):  # a path to processor_config.json
-            path = os.path.dirname(path)
-        if os.path.isdir(path):
-            weights_file = os.path.join(path, subfolder or "", CLIP_VISION_WEIGHTS_NAME)
-            if not os.path.isfile(weights_file):
-                raise FileNotFoundError(
-                    f"{weights_file!r} not found: a PromptMNER processor folder needs the CLIP image tower weights"
-                )
-            return weights_file
-        return hf_hub_download(path, CLIP_VISION_WEIGHTS_NAME, subfolder=subfolder or None, **hub_kwargs)
-
     def load_clip_vision_weights(self, weights_file: str | os.PathLike) -> None:
         """Load the CLIP image tower from a safetensors file (strict: every tensor must match `clip_config`).
 
@@ -786,24 +440,7 @@ class PromptMNERProcessor(ProcessorMixin):
         """
         if self.clip_config is None:
             raise ValueError("this processor has no clip_config, so it has no CLIP image tower to load weights into")
-        try:
-            state_dict = load_file(str(weights_file), device="cpu")
-        except (OSError, SafetensorError) as err:
-            raise ValueError(f"Cannot read CLIP image tower weights {str(weights_file)!r}: {err}") from err
-        vision = self._clip_vision
-        if vision is None or not all(tensor.is_meta for tensor in vision.state_dict().values()):
-            # Never write into a live (possibly user-owned) tower: load into a fresh, weightless one.
-            with torch.device("meta"):
-                vision = _build_clip(self.clip_config).visual
-        try:
-            vision.load_state_dict(state_dict, strict=True, assign=True)
-        except RuntimeError as err:
-            raise ValueError(f"{str(weights_file)!r} does not match clip_config: {err}") from err
-        if any(tensor.is_meta for tensor in [*vision.parameters(), *vision.buffers()]):
-            # Non-persistent buffers are not in the file: build a real tower so they get their proper values.
-            vision = _build_clip(self.clip_config).visual
-            vision.load_state_dict(state_dict, strict=True)
-        self._clip_vision = vision.eval().requires_grad_(False)
+        self._clip_vision = load_clip_vision(self.clip_config, weights_file, self._clip_vision)
         self._clip_model = None
 
     # -- properties --------------------------------------------------------------------------------------------
@@ -860,7 +497,7 @@ class PromptMNERProcessor(ProcessorMixin):
     def _require_clip_weights(self) -> torch.nn.Module:
         if self._clip_vision is None:
             raise ValueError("this processor has no CLIP image tower (clip_config is None): it cannot encode images")
-        if any(tensor.is_meta for tensor in self._clip_vision.parameters()):
+        if not has_weights(self._clip_vision):
             raise ValueError(
                 "the CLIP image tower has no weights: build the processor with PromptMNERProcessor.from_clip(...) "
                 "or load it with from_pretrained(...) (or call load_clip_vision_weights(file))"
@@ -886,12 +523,12 @@ class PromptMNERProcessor(ProcessorMixin):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         vision = self._require_clip_weights()
-        parameter = _first_parameter(vision)
+        parameter = first_parameter(vision)
 
         def embed(batch: list) -> torch.Tensor:
             return vision(self.pixel_values(batch).to(device=parameter.device, dtype=parameter.dtype))
 
-        embeds = _embed_in_batches(vision, images, batch_size, embed)
+        embeds = embed_in_batches(vision, images, batch_size, embed)
         return embeds if embeds is not None else torch.zeros(0, self.clip_embed_dim, dtype=torch.float32)
 
     # -- prompts -----------------------------------------------------------------------------------------------
@@ -902,16 +539,6 @@ class PromptMNERProcessor(ProcessorMixin):
         if not vocabulary:
             raise ValueError("vocabulary is empty")
         return [self.prompt_template.format(word) for word in vocabulary]
-
-    def _text_tokenizer(self):
-        """open_clip's tokenizer for the model: its registered one, else the bundled BPE `SimpleTokenizer`."""
-        if self._clip_text_tokenizer is None:
-            if self.clip_model_name and self.clip_model_name in open_clip.list_models():
-                self._clip_text_tokenizer = open_clip.get_tokenizer(self.clip_model_name)
-            else:
-                context_length = self.clip_config["text_cfg"].get("context_length", 77)
-                self._clip_text_tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
-        return self._clip_text_tokenizer
 
     def encode_prompts(self, vocabulary: Sequence[str] | None = None, batch_size: int = 256) -> torch.Tensor:
         """L2-normalised CLIP text embeddings `(K, D)` of the prompts (float32 CPU), for discrete prompts.
@@ -928,9 +555,11 @@ class PromptMNERProcessor(ProcessorMixin):
             )
         prompts = self.build_prompts(vocabulary)
         model = self._clip_model
-        device = _first_parameter(model).device
-        tokenizer = self._text_tokenizer()
-        return _embed_in_batches(model, prompts, batch_size, lambda batch: model.encode_text(tokenizer(batch).to(device)))
+        device = first_parameter(model).device
+        if self._clip_text_tokenizer is None:
+            self._clip_text_tokenizer = clip_text_tokenizer(self.clip_model_name, self.clip_config)
+        tokenizer = self._clip_text_tokenizer
+        return embed_in_batches(model, prompts, batch_size, lambda batch: model.encode_text(tokenizer(batch).to(device)))
 
     def vocabulary_embeds(self) -> torch.Tensor:
         """`encode_prompts()` of the processor's own vocabulary, computed once while vocabulary and template stay
@@ -939,20 +568,6 @@ class PromptMNERProcessor(ProcessorMixin):
         if self._vocabulary_embeds is None or self._vocabulary_embeds[0] != key:
             self._vocabulary_embeds = (key, self.encode_prompts())
         return self._vocabulary_embeds[1]
-
-    def explain_image(self, images, prompt_embeds=None, k: int = 5, *, logit_scale=None, continuous=False,
-                      vocab_embeds=None, num_words: int = 3) -> list[list[dict]]:
-        """Per image, the `k` prompts of highest `p(P_i|I)` (see `prompt_vocabularies.explain`).
-
-        `prompt_embeds` defaults to `encode_prompts()` (needs the text tower); pass a model's
-        `model.promptmner.visual_clues.prompt_embeds` (and its `logit_scale`) to explain that model.
-        """
-        if prompt_embeds is None:
-            prompt_embeds = self.encode_prompts()
-        return explain(
-            self.encode_images(images), prompt_embeds, logit_scale or self.clip_logit_scale, self.prompt_vocabulary,
-            continuous=continuous, vocab_embeds=vocab_embeds, k=k, num_words=num_words,
-        )
 
     # -- text --------------------------------------------------------------------------------------------------
 
@@ -1219,12 +834,9 @@ class PromptMNERProcessor(ProcessorMixin):
             raise ValueError(f"got {len(image_list)} images for {batch_size} text examples")
         if self._clip_vision is None:
             raise ValueError("images were given but this processor has no CLIP image tower (clip_config is None)")
-        present = [index for index, image in enumerate(image_list) if image is not None]
-        embeds = torch.zeros(batch_size, self.clip_embed_dim, dtype=torch.float32)
-        if present:
-            embeds[present] = self.encode_images([image_list[i] for i in present], batch_size=image_batch_size)
-        has_image = torch.zeros(batch_size, dtype=torch.bool)
-        has_image[present] = True
+        embeds, has_image = embed_present(
+            image_list, lambda present: self.encode_images(present, batch_size=image_batch_size), self.clip_embed_dim
+        )
         return {"image_embeds": embeds, "has_image": has_image}
 
     def _stack_image_embeds(self, image_embeds: Any, batch_size: int, is_batched: bool) -> dict[str, torch.Tensor]:
@@ -1285,8 +897,7 @@ class PromptMNERProcessor(ProcessorMixin):
             raise ValueError(f"logits cover {max_words} words but an example has {int(num_words.max())}")
         scores, label_ids = logits.detach().float().softmax(dim=-1).max(dim=-1)  # (B, W, L) each
         scores, label_ids = scores.cpu(), label_ids.cpu()
-        ends = torch.arange(max_words).view(1, -1, 1) + torch.arange(max_widths).view(1, 1, -1)  # (1, W, L)
-        keep = (ends < num_words.view(-1, 1, 1)) & (label_ids != 0) & (scores >= threshold)  # (B, W, L)
+        keep = valid_span_mask(num_words, max_words, max_widths) & (label_ids != 0) & (scores >= threshold)  # (B, W, L)
         candidates: list[list[tuple[int, int, str, float]]] = [[] for _ in range(batch)]
         for b, i, d in keep.nonzero().tolist():
             candidates[b].append((i, i + d, self.labels[int(label_ids[b, i, d])], float(scores[b, i, d])))
@@ -1324,19 +935,7 @@ class PromptMNERProcessor(ProcessorMixin):
         if logits.shape[0] != len(word_offsets):
             raise ValueError(f"logits have {logits.shape[0]} examples but inputs have {len(word_offsets)}")
         spans = self.decode_word_spans(logits, [len(offsets) for offsets in word_offsets], threshold)
-        return [
-            [
-                {
-                    "entity_group": label,
-                    "score": score,
-                    "word": texts[b][offsets[start][0] : offsets[end][1]],
-                    "start": offsets[start][0],
-                    "end": offsets[end][1],
-                }
-                for start, end, label, score in example
-            ]
-            for b, (example, offsets) in enumerate(zip(spans, word_offsets))
-        ]
+        return [entity_dicts(example, text, offsets) for example, text, offsets in zip(spans, texts, word_offsets)]
 
 
 PromptMNERProcessor.register_for_auto_class()

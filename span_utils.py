@@ -1,15 +1,15 @@
-"""Word-level span helpers shared by the PromptMNER model, processor and training script.
+"""Word-level span helpers shared by the PromptMNER model, processor, pipeline and training script.
 
-A span is ``(start, end, label)`` where ``start`` and ``end`` are word indices and
-``end`` is INCLUSIVE, so ``(2, 2, "PER")`` is the single word at index 2.  A scored
-span is ``(start, end, label, score)``.
+A span is `(start, end, label)` where `start` and `end` are word indices and `end` is INCLUSIVE, so
+`(2, 2, "PER")` is the single word at index 2. A scored span is `(start, end, label, score)`.
 
-Everything here is pure Python (stdlib only) so it can be imported and tested
-without torch, and so the processor, the model's decoding step and evaluation
-all agree on one definition of "entity".
+One definition of "entity" for everyone: the span grid ([`span_label_grid`]) and its valid cells
+([`valid_span_mask`]), overlap resolution ([`decode_spans`]), the output dicts ([`entity_dicts`]) and evaluation
+([`entity_scores`]). Top-level imports are stdlib only, so this module imports without torch; [`valid_span_mask`]
+imports torch when called.
 
-BIO decoding follows conlleval / seqeval's default (non-strict) mode exactly, so
-scores reported by :func:`bio_scores` equal ``seqeval.metrics`` in default mode.
+BIO decoding follows conlleval / seqeval's default (non-strict) mode exactly, so scores reported by
+[`bio_scores`] equal `seqeval.metrics` in default mode.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ __all__ = [
     "long_spans",
     "span_label_grid",
     "decode_spans",
+    "entity_dicts",
+    "valid_span_mask",
     "entity_scores",
     "bio_scores",
 ]
@@ -136,11 +138,7 @@ def spans_to_bio(spans: Iterable[Span], num_words: int) -> list[str]:
 
 
 def long_spans(spans: Iterable[Span], max_span_length: int) -> list[Span]:
-    """Return the spans with more than ``max_span_length`` words.
-
-    Such gold spans cannot be represented in the span grid; the training script
-    uses this to count and report them.
-    """
+    """Return the spans with more than `max_span_length` words: the gold spans the span grid cannot hold."""
     return [span for span in spans if span[1] - span[0] >= max_span_length]
 
 
@@ -296,3 +294,62 @@ def bio_scores(
         [bio_to_spans(sentence) for sentence in gold_tags],
         [bio_to_spans(sentence) for sentence in pred_tags],
     )
+
+
+def valid_span_mask(num_words, max_words: int, max_span_length: int):
+    """Which cells of a `(B, W, L)` span grid are real spans.
+
+    Args:
+        num_words (`torch.Tensor` of shape `(batch_size,)`):
+            The number of words of each example.
+        max_words (`int`):
+            `W`, the padded number of words (span start positions).
+        max_span_length (`int`):
+            `L`, the longest span in words.
+
+    Returns:
+        `torch.BoolTensor` of shape `(batch_size, max_words, max_span_length)`, on `num_words`' device: True at
+        `[b, i, d]` when the span of words `i..i+d` ends before `num_words[b]`.
+    """
+    import torch
+
+    starts = torch.arange(max_words, device=num_words.device)[:, None]  # (W, 1)
+    ends = starts + torch.arange(max_span_length, device=num_words.device)[None, :]  # (W, L)
+    return ends[None] < num_words[:, None, None]  # (B, W, L)
+
+
+def entity_dicts(
+    spans: Iterable[ScoredSpan],
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    ignore_labels: Iterable[str] = (),
+) -> list[dict]:
+    """Word spans as the token-classification pipeline's aggregated entities.
+
+    Args:
+        spans (`Iterable[tuple[int, int, str, float]]`):
+            Scored word spans `(start, end_inclusive, label, score)`.
+        text (`str`):
+            The text the words come from.
+        offsets (`Sequence[tuple[int, int]]`):
+            `offsets[i] = (start_char, end_char)` of word `i` in `text`.
+        ignore_labels (`Iterable[str]`, *optional*):
+            Labels to leave out.
+
+    Returns:
+        `list[dict]`: `{"entity_group", "score", "word", "start", "end"}` dicts sorted by `start`, with
+        character offsets and `word == text[start:end]`.
+    """
+    ignored = set(ignore_labels)
+    entities = [
+        {
+            "entity_group": label,
+            "score": score,
+            "word": text[offsets[start][0] : offsets[end][1]],
+            "start": offsets[start][0],
+            "end": offsets[end][1],
+        }
+        for start, end, label, score in spans
+        if label not in ignored
+    ]
+    return sorted(entities, key=lambda entity: entity["start"])

@@ -16,6 +16,8 @@ PROJECT_MODULES = (
     "modeling_promptmner",
     "processing_promptmner",
     "span_utils",
+    "clip_promptmner",
+    "tweet_words",
     "mner_data",
     "mner_training",
     "run_mner",
