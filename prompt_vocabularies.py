@@ -46,6 +46,8 @@ __all__ = [
     "merge_vocabularies",
     "nearest_words",
     "prompt_kind",
+    "prompt_probabilities",
+    "prompt_softmax",
     "read_vocabulary_file",
     "save_vocabulary_embeds",
     "top_prompts",
@@ -78,6 +80,7 @@ VOCABULARIES: dict[str, tuple[str, ...]] = {
     "kb": KB_VOCABULARY,
     "expert": EXPERT_VOCABULARY,
 }
+# The prompt kind that is not a vocabulary (learned vectors), one of `configuration_promptmner.PROMPT_KINDS`.
 CONTINUOUS = "continuous"
 # Where a processor keeps the CLIP text embeddings of its vocabulary (for nearest-word explanations).
 PROMPT_VOCABULARY_EMBEDS_NAME = "prompt_vocabulary_embeds.safetensors"
@@ -168,10 +171,19 @@ def load_vocabulary(spec: str | os.PathLike) -> list[str]:
 
 
 def prompt_kind(spec: str | None) -> str:
-    """The `PromptMNERConfig.prompt_kind` of a spec: its name for the built-in kinds, `"custom"` otherwise."""
-    if spec is None or spec == CONTINUOUS:
+    """The `PromptMNERConfig.prompt_kind` of a spec: its name for the built-in kinds, `"custom"` otherwise.
+
+    The kinds are `configuration_promptmner.PROMPT_KINDS`, imported here because this module's top-level imports
+    are stdlib only.
+    """
+    try:
+        from .configuration_promptmner import PROMPT_KINDS
+    except ImportError:
+        from configuration_promptmner import PROMPT_KINDS
+
+    if spec is None:
         return CONTINUOUS
-    return spec if spec in VOCABULARIES else "custom"
+    return spec if spec in PROMPT_KINDS else "custom"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,18 +260,36 @@ def _ranked(scores, names: Sequence[str], k: int) -> list[list[tuple[str, float]
     return [[(names[int(j)], float(row[j])) for j in indices] for row, indices in zip(scores, order)]
 
 
-def prompt_probabilities(image_embeds: Any, prompt_embeds: Any, logit_scale: float):
-    """`p(P_i | I) = softmax_i(logit_scale * cos(s_i, v))`: `(N, D)` images x `(K, D)` prompts -> `(N, K)`."""
+def prompt_softmax(image_embeds, prompt_embeds, logit_scale: float):
+    """`p(P_i | I) = softmax_i(logit_scale * cos(s_i, v))`, the one implementation (the model's visual clues use it).
+
+    Args:
+        image_embeds (`torch.Tensor` of shape `(N, D)`):
+            CLIP image embeddings `v`; cast to the prompts' dtype.
+        prompt_embeds (`torch.Tensor` of shape `(K, D)`):
+            Prompt embeddings `s_i`.
+        logit_scale (`float`):
+            CLIP's temperature `1/tau`.
+
+    Returns:
+        `torch.Tensor` of shape `(N, K)` in the prompts' dtype, differentiable (no checks, no copies).
+    """
     import torch.nn.functional as F
 
+    images = F.normalize(image_embeds.to(prompt_embeds.dtype), dim=-1)  # (N, D)
+    prompts = F.normalize(prompt_embeds, dim=-1)  # (K, D)
+    return (logit_scale * images @ prompts.T).softmax(dim=-1)  # (N, K)
+
+
+def prompt_probabilities(image_embeds: Any, prompt_embeds: Any, logit_scale: float):
+    """[`prompt_softmax`] on any array-likes: `(N, D)` (or `(D,)`) images x `(K, D)` prompts -> float32 CPU `(N, K)`."""
     images = _as_matrix("image_embeds", image_embeds)
     prompts = _as_matrix("prompt_embeds", prompt_embeds)
     if images.shape[1] != prompts.shape[1]:
         raise ValueError(f"image_embeds have width {images.shape[1]} but prompt_embeds {prompts.shape[1]}")
     if not logit_scale > 0:
         raise ValueError(f"logit_scale must be positive, got {logit_scale!r}")
-    cosine = F.normalize(images, dim=-1) @ F.normalize(prompts, dim=-1).T
-    return (float(logit_scale) * cosine).softmax(dim=-1)
+    return prompt_softmax(images, prompts, float(logit_scale))
 
 
 def top_prompts(
