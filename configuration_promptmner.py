@@ -9,6 +9,8 @@ The configuration is a `RobertaConfig` (so any BERT-family checkpoint's fields c
 with the fields the multimodal parts need.
 """
 
+import os
+
 from transformers import AutoConfig, RobertaConfig
 
 PROMPT_KINDS = ("continuous", "task_labels", "kb", "expert", "custom")
@@ -95,8 +97,39 @@ class PromptMNERConfig(RobertaConfig):
         self.sep_token_id = sep_token_id
         self.validate_promptmner()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "PromptMNERConfig":
+        """`PretrainedConfig.from_pretrained`, with an invalid field reported together with the file that holds it."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ValueError as err:
+            raise ValueError(f"{os.path.join(str(pretrained_model_name_or_path), 'config.json')}: {err}") from err
+
+    def validate_architecture(self):
+        """Raise `ValueError` naming the first encoder field that cannot build a model (e.g. `num_hidden_layers: -1`)."""
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "max_position_embeddings"):  # fmt: skip
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{field} must be in [0, 1), got {value!r}")
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        for field in ("pad_token_id", "sep_token_id"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or not 0 <= value < self.vocab_size):
+                raise ValueError(f"{field} must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
+            )
+
     def validate_promptmner(self):
-        """Raise `ValueError` naming the first invalid PromptMNER field."""
+        """Raise `ValueError` naming the first invalid field: the encoder's, then the PromptMNER additions."""
+        self.validate_architecture()
         if self.prompt_kind not in PROMPT_KINDS:
             raise ValueError(f"prompt_kind must be one of {PROMPT_KINDS}, got {self.prompt_kind!r}")
         for field in ("num_prompts", "clip_embed_dim", "max_span_length", "span_hidden_size"):
@@ -113,10 +146,6 @@ class PromptMNERConfig(RobertaConfig):
             raise ValueError(f"type_vocab_size must be at least 2 (text and visual tokens), got {self.type_vocab_size}")
         if self.id2label.get(0) != "O":
             raise ValueError(f"label 0 must be 'O' (not an entity), got id2label={self.id2label}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
-            )
 
     @property
     def entity_types(self) -> list[str]:
