@@ -465,7 +465,9 @@ class PromptMNERProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "word_start_index", "word_end_index", "image_embeds", "has_image"]
+        return [
+            "input_ids", "attention_mask", "word_start_index", "word_end_index", "word_mask", "image_embeds", "has_image"
+        ]
 
     def to(self, device: str | torch.device) -> PromptMNERProcessor:
         """Move the CLIP modules to `device` (image / prompt encoding then runs there); returns `self`."""
@@ -666,6 +668,7 @@ class PromptMNERProcessor(ProcessorMixin):
             "attention_mask": encoding["attention_mask"],
             "word_start_index": word_start,
             "word_end_index": word_end,
+            "word_mask": (word_start >= 0).long(),  # (B, W)
         }
         return data, num_kept
 
@@ -736,9 +739,9 @@ class PromptMNERProcessor(ProcessorMixin):
 
         Returns:
             [`PromptMNERBatch`] with `input_ids`, `attention_mask` `(B, T)`; `word_start_index`, `word_end_index`
-            `(B, W)` (token index of each word's first / last token, -1 for padding words); `image_embeds` `(B, D)`
-            and `has_image` `(B,)` if images or image embeddings were given; `labels` `(B, W, max_span_length)` if
-            tags were given. Attributes `texts`, `words`, `word_offsets`, `num_truncated_words`.
+            `(B, W)` (token index of each word's first / last token, -1 for padding words); `word_mask` `(B, W)` (1 for
+            real words, 0 for padding words); `image_embeds` `(B, D)` and `has_image` `(B,)` if images or image
+            embeddings were given; `labels` `(B, W, max_span_length)` if tags were given. Attributes `texts`, `words`, `word_offsets`, `num_truncated_words`.
         """
         if return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")

@@ -50,7 +50,7 @@ def _check_grid_shape(num_words: int, max_span_length: int) -> None:
 
 
 def enumerate_spans(num_words: int, max_span_length: int) -> list[tuple[int, int]]:
-    """List every candidate span of at most ``max_span_length`` words.
+    """List every candidate span of at most `max_span_length` words.
 
     The order (by start, then end) is the order the model scores spans in, so
     callers can zip this list with a flattened score tensor.
@@ -64,10 +64,10 @@ def enumerate_spans(num_words: int, max_span_length: int) -> list[tuple[int, int
 
 
 def _parse_tag(tag: str, index: int) -> tuple[str, str]:
-    """Split a tag into ``(prefix, type)``; ``("O", "")`` for the outside tag.
+    """Split a tag into `(prefix, type)`; `("O", "")` for the outside tag.
 
-    Accepts ``O`` and ``B-X`` / ``I-X`` / ``E-X`` / ``S-X`` with a non-empty type
-    ``X`` (everything after the first hyphen, as seqeval reads it).
+    Accepts `O` and `B-X` / `I-X` / `E-X` / `S-X` with a non-empty type
+    `X` (everything after the first hyphen, as seqeval reads it).
     """
     if tag == OUTSIDE:
         return OUTSIDE, ""
@@ -81,9 +81,9 @@ def _parse_tag(tag: str, index: int) -> tuple[str, str]:
 def _continues(prev_prefix: str, prev_type: str, prefix: str, type_: str) -> bool:
     """Whether a tag extends the entity opened before it (seqeval default mode).
 
-    Only ``I-X``/``E-X`` right after ``B-X``/``I-X`` of the same type continue;
-    every other entity tag opens a new entity.  Hence an ``I-X`` after ``O``, at
-    sentence start, after another type, or after ``E-``/``S-`` starts an entity.
+    Only `I-X`/`E-X` right after `B-X`/`I-X` of the same type continue;
+    every other entity tag opens a new entity.  Hence an `I-X` after `O`, at
+    sentence start, after another type, or after `E-`/`S-` starts an entity.
     """
     return (
         prefix in _CONTINUING_PREFIXES
@@ -112,14 +112,14 @@ def bio_to_spans(tags: Sequence[str]) -> list[Span]:
 
 
 def _check_span_in_range(span: Span, num_words: int) -> None:
-    """Reject a span that is reversed or does not fit in ``num_words`` words."""
+    """Reject a span that is reversed or does not fit in `num_words` words."""
     start, end, _ = span
     if not 0 <= start <= end < num_words:
         raise ValueError(f"span {span!r} is out of range for {num_words} words")
 
 
 def spans_to_bio(spans: Iterable[Span], num_words: int) -> list[str]:
-    """Encode non-overlapping spans as BIO tags (``B-X`` then ``I-X``).
+    """Encode non-overlapping spans as BIO tags (`B-X` then `I-X`).
 
     Overlap cannot be expressed in BIO, so it is an error rather than a silent
     loss of an entity.
@@ -164,13 +164,13 @@ def span_label_grid(
     *,
     drop_long_spans: bool = False,
 ) -> list[list[int]]:
-    """Build the model's ``num_words x max_span_length`` span label grid.
+    """Build the model's `num_words x max_span_length` span label grid.
 
-    Cell ``[i][d]`` labels span ``(i, i + d)``: the gold type's id, ``label2id["O"]``
-    for a non-entity span, or ``ignore_index`` where ``i + d`` runs past the
-    sentence.  Gold spans longer than ``max_span_length`` raise ``ValueError``
-    unless ``drop_long_spans`` is set, in which case they are skipped (their
-    cells are then plain non-entities); see :func:`long_spans` to count them.
+    Cell `[i][d]` labels span `(i, i + d)`: the gold type's id, `label2id["O"]`
+    for a non-entity span, or `ignore_index` where `i + d` runs past the
+    sentence.  Gold spans longer than `max_span_length` raise `ValueError`
+    unless `drop_long_spans` is set, in which case they are skipped (their
+    cells are then plain non-entities); see [`long_spans`] to count them.
     Spans may nest; two different types on the same span are an error.
     """
     _check_grid_shape(num_words, max_span_length)
@@ -222,7 +222,7 @@ def decode_spans(candidates: Iterable[ScoredSpan]) -> list[ScoredSpan]:
 
 
 def _safe_ratio(numerator: int, denominator: int) -> float:
-    """``numerator / denominator``, or 0.0 when the ratio is undefined."""
+    """`numerator / denominator`, or 0.0 when the ratio is undefined."""
     return numerator / denominator if denominator else 0.0
 
 
@@ -236,10 +236,10 @@ def _prf(true_positives: int, n_pred: int, n_gold: int) -> dict:
 
 
 def _span_set(spans: Iterable[Sequence]) -> set[Span]:
-    """Distinct ``(start, end, label)`` triples; extra fields such as a score are dropped.
+    """Distinct `(start, end, label)` triples; extra fields such as a score are dropped.
 
     Accepting lists (e.g. spans read from JSON) and scored spans lets callers pass
-    dataset rows or :func:`decode_spans` output directly.
+    dataset rows or [`decode_spans`] output directly.
     """
     return {(span[0], span[1], span[2]) for span in spans}
 
@@ -254,7 +254,7 @@ def entity_scores(
 ) -> dict:
     """Entity-level micro precision/recall/F1 by exact span and type, plus per type.
 
-    ``gold[k]`` and ``pred[k]`` are the spans of sentence ``k``; only the first
+    `gold[k]` and `pred[k]` are the spans of sentence `k`; only the first
     three fields of each span are used and duplicates within a sentence count once.
     Per-type scores cover every type seen in gold or predictions, sorted by name.
     """
@@ -279,7 +279,7 @@ def entity_scores(
 def bio_scores(
     gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
 ) -> dict:
-    """:func:`entity_scores` on BIO-tagged sentences; equals seqeval's default mode."""
+    """[`entity_scores`] on BIO-tagged sentences; equals seqeval's default mode."""
     if len(gold_tags) != len(pred_tags):
         raise ValueError(
             f"gold has {len(gold_tags)} sentences but pred has {len(pred_tags)}"

@@ -19,17 +19,12 @@ from safetensors.torch import save_file
 
 from fresh_process import offline_hub_cache, run_without_project
 
-from processing_promptmner import (
-    CLIP_VISION_WEIGHTS_NAME,
-    PromptMNERBatch,
-    PromptMNERProcessor,
-    join_words,
-    load_image,
-    split_words,
-)
+from clip_promptmner import CLIP_VISION_WEIGHTS_NAME, load_image
+from processing_promptmner import PromptMNERBatch, PromptMNERProcessor
+from tweet_words import join_words, split_words
 from span_utils import bio_to_spans, span_label_grid
 
-TENSOR_KEYS = {"input_ids", "attention_mask", "word_start_index", "word_end_index"}
+TENSOR_KEYS = {"input_ids", "attention_mask", "word_start_index", "word_end_index", "word_mask"}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -330,6 +325,8 @@ def test_pre_split_words_single_and_batch(fixture, request):
     batch = processor([words, ["Hi", "there"]], is_split_into_words=True)
     assert batch["word_start_index"].shape == (2, 6)
     assert batch["word_start_index"][1].tolist()[2:] == [-1] * 4
+    assert batch["word_mask"].dtype == batch["attention_mask"].dtype
+    assert batch["word_mask"].tolist() == [[1] * 6, [1, 1, 0, 0, 0, 0]]
     _check_word_alignment(processor, batch)
     torch.testing.assert_close(batch["input_ids"][0], single["input_ids"][0])
     # Without the flag, a list of strings is a batch of raw texts.
@@ -724,3 +721,22 @@ def test_remote_code_and_offline_hub_cache(tiny_processor, tmp_path):
         assert results[source]["module"].startswith("transformers_modules"), results[source]
         assert results[source]["max_diff"] <= 1e-6
         assert results[source]["words"] == [["Obama", "visits", "Berlin"]]
+
+
+def test_embed_present_encodes_each_distinct_image_once():
+    from clip_promptmner import embed_present
+
+    calls = []
+
+    def encode(images):
+        calls.append(list(images))
+        return torch.tensor([[float(value), 1.0] for value in images], dtype=torch.float64)
+
+    shared = 3
+    embeds, has_image = embed_present([shared, None, 5, shared], encode, dim=2)
+    assert calls == [[3, 5]]
+    assert embeds.dtype == torch.float32 and has_image.dtype == torch.bool
+    assert embeds.tolist() == [[3.0, 1.0], [0.0, 0.0], [5.0, 1.0], [3.0, 1.0]]
+    assert has_image.tolist() == [True, False, True, True]
+    embeds, has_image = embed_present([None, None], encode, dim=4)
+    assert embeds.shape == (2, 4) and not embeds.any() and not has_image.any() and len(calls) == 1

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
 from span_utils import (
+    entity_dicts,
+    valid_span_mask,
     bio_scores,
     bio_to_spans,
     decode_spans,
@@ -393,3 +395,26 @@ def test_decode_spans_is_non_overlapping_maximal_and_order_free(data, candidates
     for candidate in candidates:  # anything dropped collides with a kept span
         assert any(candidate[0] <= other[1] and other[0] <= candidate[1] for other in kept)
     assert decode_spans(data.draw(st.permutations(candidates))) == kept
+
+
+def test_valid_span_mask_marks_spans_that_end_inside_the_example():
+    import torch
+
+    mask = valid_span_mask(torch.tensor([3, 0, 1]), max_words=3, max_span_length=2)
+    assert mask.dtype == torch.bool and mask.shape == (3, 3, 2)
+    assert mask[0].tolist() == [[True, True], [True, True], [True, False]]
+    assert not mask[1].any()
+    assert mask[2].tolist() == [[True, False], [False, False], [False, False]]
+    assert [(i, i + d) for i, d in mask[0].nonzero().tolist()] == enumerate_spans(3, 2)
+
+
+def test_entity_dicts_maps_words_to_characters_sorted_by_start():
+    text = "Obama met  Merkel in Berlin"
+    offsets = [(0, 5), (6, 9), (11, 17), (18, 20), (21, 27)]
+    spans = [(4, 4, "LOC", 0.5), (0, 0, "PER", 0.9), (2, 4, "MISC", 0.1)]
+    entities = entity_dicts(spans, text, offsets, ignore_labels=["MISC"])
+    assert entities == [
+        {"entity_group": "PER", "score": 0.9, "word": "Obama", "start": 0, "end": 5},
+        {"entity_group": "LOC", "score": 0.5, "word": "Berlin", "start": 21, "end": 27},
+    ]
+    assert entity_dicts(spans[2:], text, offsets)[0]["word"] == "Merkel in Berlin"
