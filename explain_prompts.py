@@ -80,20 +80,15 @@ def format_explanation(image: str, entries: list[dict]) -> str:
 
 def load(model_path: str, processor_path: str | None = None):
     """`(model, processor)` saved by `run_mner.py` (or `save_pretrained`) in a folder or a Hub repo."""
-    from transformers import AutoConfig
-
+    # Importing the model registers PromptMNERConfig with AutoConfig (configuration_promptmner does it), so the
+    # tokenizer loader reads the folder's config.json without a trust_remote_code prompt on stdin.
     try:
-        from .configuration_promptmner import PromptMNERConfig
         from .modeling_promptmner import PromptMNERForSpanNER
         from .processing_promptmner import PromptMNERProcessor
     except ImportError:
-        from configuration_promptmner import PromptMNERConfig
         from modeling_promptmner import PromptMNERForSpanNER
         from processing_promptmner import PromptMNERProcessor
 
-    # The tokenizer loader reads the folder's config.json; with the config class registered it needs no
-    # trust_remote_code prompt (which would otherwise wait on stdin when processor and model share a folder).
-    AutoConfig.register(PromptMNERConfig.model_type, PromptMNERConfig, exist_ok=True)
     processor = PromptMNERProcessor.from_pretrained(processor_path or model_path)
     model = PromptMNERForSpanNER.from_pretrained(model_path).eval()
     return model, processor

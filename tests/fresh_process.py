@@ -18,6 +18,7 @@ PROJECT_MODULES = (
     "span_utils",
     "clip_promptmner",
     "tweet_words",
+    "word_alignment",
     "mner_data",
     "mner_training",
     "run_mner",
