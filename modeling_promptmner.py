@@ -30,8 +30,12 @@ from transformers.utils import ModelOutput, logging
 
 try:
     from .configuration_promptmner import PromptMNERConfig
+    from .prompt_vocabularies import prompt_softmax
+    from .span_utils import valid_span_mask
 except ImportError:
     from configuration_promptmner import PromptMNERConfig
+    from prompt_vocabularies import prompt_softmax
+    from span_utils import valid_span_mask
 
 
 logger = logging.get_logger(__name__)
@@ -106,9 +110,8 @@ def additive_mask(mask: torch.BoolTensor, dtype: torch.dtype) -> torch.Tensor:
 
 def uniform_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """`F.dropout` with the same distribution; on CPU the keep mask comes from a uniform draw (`rand >= p`), because
-    torch's CPU Bernoulli sampling is several times slower: with it, dropout took 18% of a CPU training step (its 21
-    calls per step drop out the attention probabilities and the span representations). Another random stream than
-    `F.dropout`'s; elsewhere `F.dropout` itself."""
+    torch's CPU Bernoulli sampling is slower (see BENCHMARKS.md). Another random stream than `F.dropout`'s; elsewhere
+    `F.dropout` itself."""
     if not training or p == 0.0 or p >= 1.0 or x.device.type != "cpu":
         return F.dropout(x, p, training)
     keep = torch.rand(x.shape, device=x.device).ge_(p)  # float32 draw whatever x's dtype: 1.0 where kept, else 0.0
@@ -188,9 +191,7 @@ class PromptMNERVisualClues(nn.Module):
 
     def prompt_probabilities(self, image_embeds: torch.FloatTensor) -> torch.FloatTensor:
         """`p(P_i | I)` for each image: `(B, D)` image embeddings -> `(B, K)` probabilities."""
-        images = F.normalize(image_embeds.to(self.prompt_embeds.dtype), dim=-1)  # (B, D)
-        prompts = F.normalize(self.prompt_embeds, dim=-1)  # (K, D)
-        return (self.logit_scale * images @ prompts.T).softmax(dim=-1)  # (B, K)
+        return prompt_softmax(image_embeds, self.prompt_embeds, self.logit_scale)  # (B, K)
 
     def forward(self, image_embeds: torch.FloatTensor) -> tuple[torch.FloatTensor, torch.FloatTensor]:
         probs = self.prompt_probabilities(image_embeds)  # (B, K)
@@ -262,7 +263,7 @@ class PromptMNERSelfAttention(nn.Module):
         batch_size, length, _ = x.shape
         return x.view(batch_size, length, -1, self.head_dim).transpose(1, 2)  # (B, heads, L, d)
 
-    def pair_queries(self, hidden_states: torch.Tensor) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+    def pair_queries(self) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
         """The projections for (text->text, text->visual, visual->text, visual->visual)."""
         if self.config.use_mas:
             return self.query, self.t2v_query, self.v2t_query, self.v2v_query
@@ -334,7 +335,7 @@ class PromptMNERSelfAttention(nn.Module):
     def eager_attention(self, hidden_states, attention_mask, text_length):
         key = self.split_heads(self.key(hidden_states))  # (B, heads, L, d)
         value = self.split_heads(self.value(hidden_states))  # (B, heads, L, d)
-        tt, tv, vt, vv = self.pair_queries(hidden_states)
+        tt, tv, vt, vv = self.pair_queries()
         scores = {
             pair: self.split_heads(projection(hidden_states)) @ key.transpose(-1, -2)  # (B, heads, L, L)
             for pair, projection in (("tt", tt), ("tv", tv), ("vt", vt), ("vv", vv))
@@ -535,16 +536,22 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
         self.span_head = PromptMNERSpanHead(config)
         self.post_init()
 
-    def span_representations(self, text_hidden, word_start_index, word_end_index):
-        """`[h_start ; h_end]` for every (start word, length) cell: `(B, W, L, 2H)` and the valid-span mask `(B, W, L)`."""
-        batch_size, num_words = word_start_index.shape
-        word_mask = word_start_index >= 0  # (B, W)
+    def span_representations(self, text_hidden, word_start_index, word_end_index, word_mask=None):
+        """`[h_start ; h_end]` for every (start word, length) cell: `(B, W, L, 2H)` and the valid-span mask `(B, W, L)`.
+        `word_mask` `(B, W)` marks the real words; `None`: `word_start_index >= 0`."""
+        num_words = word_start_index.shape[1]
+        if word_mask is None:
+            word_mask = word_start_index >= 0  # (B, W)
+        elif word_mask.shape != word_start_index.shape:
+            raise ValueError(
+                f"word_mask has shape {tuple(word_mask.shape)} but word_start_index {tuple(word_start_index.shape)}"
+            )
         gather = lambda index: text_hidden.gather(  # noqa: E731 - (B, W) token index -> (B, W, H) hidden states
             1, index.clamp(min=0).unsqueeze(-1).expand(-1, -1, text_hidden.shape[-1])
         )
         start_hidden, end_hidden = gather(word_start_index), gather(word_end_index)  # (B, W, H) each
         ends = span_end_index(num_words, self.config.max_span_length, text_hidden.device)  # (W, L)
-        span_mask = ends[None] < word_mask.sum(dim=1)[:, None, None]  # (B, W, L)
+        span_mask = valid_span_mask(word_mask.bool().sum(dim=1), num_words, self.config.max_span_length)  # (B, W, L)
         end_hidden = end_hidden[:, ends.clamp(max=num_words - 1)]  # (B, W, L, H)
         start_hidden = start_hidden[:, :, None].expand_as(end_hidden)  # (B, W, L, H)
         return torch.cat([start_hidden, end_hidden], dim=-1), span_mask  # (B, W, L, 2H)
@@ -555,6 +562,7 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
         word_start_index: torch.LongTensor,
         word_end_index: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
+        word_mask: torch.Tensor | None = None,
         image_embeds: torch.FloatTensor | None = None,
         has_image: torch.BoolTensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -564,7 +572,11 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
     ) -> PromptMNERSpanOutput | tuple:
         r"""
         word_start_index, word_end_index (`torch.LongTensor` of shape `(batch_size, num_words)`):
-            Token index of each word's first and last sub-word; -1 for padding words.
+            Token index of each word's first and last sub-word; -1 for padding words (or any token index when
+            `word_mask` marks them).
+        word_mask (`torch.Tensor` of shape `(batch_size, num_words)`, *optional*):
+            1 for real words, 0 for padding words (real words come first), like LUKE's `entity_attention_mask`.
+            Defaults to `word_start_index >= 0`.
         labels (`torch.LongTensor` of shape `(batch_size, num_words, max_span_length)`, *optional*):
             Label id of the span of words `i .. i + d` at `[b, i, d]`; -100 for cells to ignore.
 
@@ -581,7 +593,7 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
             return_dict=True,
         )
         text_hidden = outputs.last_hidden_state[:, : input_ids.shape[1]]  # (B, T, H)
-        representations, span_mask = self.span_representations(text_hidden, word_start_index, word_end_index)
+        representations, span_mask = self.span_representations(text_hidden, word_start_index, word_end_index, word_mask)
         logits = self.span_head(representations)  # (B, W, L, C)
         loss = None
         if labels is not None:

@@ -39,27 +39,27 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 from transformers import AutoModel
 from transformers.pipelines.base import ChunkPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
-from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
 from transformers.utils import logging
 
 try:
-    from .processing_promptmner import PromptMNERProcessor, split_words
-    from .span_utils import decode_spans
+    from .clip_promptmner import embed_present
+    from .processing_promptmner import PromptMNERProcessor
+    from .span_utils import decode_spans, entity_dicts
+    from .tweet_words import split_words
 except ImportError:
-    from processing_promptmner import PromptMNERProcessor, split_words
-    from span_utils import decode_spans
+    from clip_promptmner import embed_present
+    from processing_promptmner import PromptMNERProcessor
+    from span_utils import decode_spans, entity_dicts
+    from tweet_words import split_words
 
 
 logger = logging.get_logger(__name__)
 
 TASK = "multimodal-ner"
 INPUT_KEYS = ("text", "image")
-# Right-padding values of the per-chunk tensors when chunks are batched (`None`: the tokenizer's pad id).
-_PAD_VALUES = {"input_ids": None, "attention_mask": 0, "word_start_index": -1, "word_end_index": -1}
 _METADATA_KEYS = ("image", "chunk", "is_last")
 
 
@@ -161,7 +161,8 @@ class MultimodalNERPipeline(ChunkPipeline):
         ignore_labels (`list[str]`, *optional*): entity types to leave out of the output.
         aggregation_strategy: accepted for compatibility with `token-classification` callers; entities are always
             whole word spans, so any value gives the same output.
-        batch_size, num_workers, device: as in every transformers pipeline (chunks are what is batched).
+        batch_size, num_workers, device: as in every transformers pipeline (chunks are what is batched, padded by
+            the library's default collate: word indices with 0, which the `word_mask` input marks as padding).
     """
 
     _load_processor = None  # the factory loads it when it can; `__init__` falls back to the model's folder / repo
@@ -326,26 +327,26 @@ class MultimodalNERPipeline(ChunkPipeline):
 
     def _image_inputs(self, images: list[Image.Image | None]) -> dict[str, torch.Tensor]:
         """CLIP embeddings of the batch's images, each distinct image encoded once; `{}` when there is none."""
-        present = [index for index, image in enumerate(images) if image is not None]
-        if not present:
+        if all(image is None for image in images):
             return {}
         if next(self.processor.clip_vision.parameters()).device != self.device:
             self.processor.to(self.device)  # CLIP runs where the model runs (moved on first use only)
-        unique: dict[int, int] = {}
-        for index in present:
-            unique.setdefault(id(images[index]), len(unique))
-        distinct = {position: images[index] for index in present for position in [unique[id(images[index])]]}
-        encoded = self.processor.encode_images([distinct[p] for p in range(len(distinct))], batch_size=len(distinct))
-        embeds = torch.zeros(len(images), encoded.shape[1], dtype=encoded.dtype)
-        has_image = torch.zeros(len(images), dtype=torch.bool)
-        for index in present:
-            embeds[index] = encoded[unique[id(images[index])]]
-            has_image[index] = True
+        embeds, has_image = embed_present(
+            images,
+            lambda distinct: self.processor.encode_images(distinct, batch_size=len(distinct)),
+            self.processor.clip_embed_dim,
+        )  # (B, D) float32 on CPU, (B,)
         return {"image_embeds": embeds.to(self.device, self.model.dtype), "has_image": has_image.to(self.device)}
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
         images, chunks, is_last = (model_inputs.pop(key) for key in _METADATA_KEYS)
-        batched = isinstance(chunks, list)
+        batched = isinstance(chunks, list)  # batch_size > 1: the library's collate made lists of the metadata
+        if batched and self.tokenizer.padding_side != "right":
+            raise ValueError(
+                "batching needs a tokenizer that pads on the right (word indices point into right-padded tokens), "
+                f"got padding_side={self.tokenizer.padding_side!r}: set processor.tokenizer.padding_side = 'right' "
+                "or use batch_size=1"
+            )
         tensors = {**model_inputs, **self._image_inputs(images if batched else [images])}
         logits = self.model(**tensors).logits  # (B, W, L, C)
         return {"logits": logits, "chunk": chunks, "is_last": is_last}
@@ -363,50 +364,7 @@ class MultimodalNERPipeline(ChunkPipeline):
                 at_edge = (chunk["cut_left"] and start == 0) or (chunk["cut_right"] and end == last_word)
                 pooled.append((chunk["start"] + start, chunk["start"] + end, label, score, at_edge))
         text, offsets = all_outputs[0]["chunk"]["text"], all_outputs[0]["chunk"]["offsets"]
-        ignored = set(ignore_labels or ())
-        return [
-            {
-                "entity_group": label,
-                "score": score,
-                "word": text[offsets[start][0] : offsets[end][1]],
-                "start": offsets[start][0],
-                "end": offsets[end][1],
-            }
-            for start, end, label, score in merge_chunk_candidates(pooled)
-            if label not in ignored
-        ]
-
-    # -- batching ------------------------------------------------------------------------------------------------
-
-    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Batch chunks: right-pad the `(1, n)` tensors (word indices with -1), keep the metadata as lists."""
-        batch: dict[str, Any] = {}
-        for key in items[0]:
-            values = [item[key] for item in items]
-            if key in _METADATA_KEYS:
-                batch[key] = values
-                continue
-            pad = _PAD_VALUES.get(key, 0)
-            pad = self.processor.tokenizer.pad_token_id if pad is None else pad
-            width = max(value.shape[1] for value in values)
-            tensor = torch.full((len(values), width), pad, dtype=values[0].dtype)
-            for row, value in enumerate(values):
-                tensor[row, : value.shape[1]] = value[0]
-            batch[key] = tensor
-        return batch
-
-    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
-        """`ChunkPipeline.get_iterator` with this pipeline's collate function (word indices pad with -1)."""
-        if "TOKENIZERS_PARALLELISM" not in os.environ:
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        if num_workers > 1:
-            logger.warning("Chunked pipelines stream their inputs: using num_workers=1")
-            num_workers = 1
-        dataset = PipelineChunkIterator(inputs, self.preprocess, preprocess_params)
-        collate = (lambda items: items[0]) if batch_size == 1 else self._collate
-        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate)
-        model_iterator = PipelinePackIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
-        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+        return entity_dicts(merge_chunk_candidates(pooled), text, offsets, ignore_labels=ignore_labels or ())
 
     # -- saving --------------------------------------------------------------------------------------------------
 

@@ -179,7 +179,7 @@ def test_unsupported_backbone_is_named():
 
 def brute_force_mas(attention: PromptMNERSelfAttention, hidden, mask, text_length):
     """The paper's definition, one query token and one key at a time: score_ij = Q_{m_i m_j}(h_i) . K(h_j)."""
-    tt, tv, vt, vv = attention.pair_queries(hidden)
+    tt, tv, vt, vv = attention.pair_queries()
     projections = {(0, 0): tt, (0, 1): tv, (1, 0): vt, (1, 1): vv}
     batch_size, length, hidden_size = hidden.shape
     heads, head_dim = attention.num_heads, attention.head_dim
@@ -410,6 +410,25 @@ def test_span_mask_and_loss_over_valid_spans():
     assert output.span_mask[1].sum() == 4 + 4 + 4 + 3 + 2 + 1
     manual = torch.nn.functional.cross_entropy(output.logits[output.span_mask], labels[output.span_mask])
     torch.testing.assert_close(output.loss, manual)
+
+
+def test_word_mask_with_zero_padded_indices_equals_minus_one_padding():
+    """A pipeline's default padding (0 for unknown keys) plus `word_mask` gives the -1-padded result, bitwise."""
+    model = random_model()
+    batch = collate([make_example(3, seed=5), make_example(6, seed=6)], images=[True, False])
+    labels = torch.randint(0, len(LABELS), (2, 6, 4), generator=torch.Generator().manual_seed(0))
+    word_mask = (batch["word_start_index"] >= 0).long()  # (B, W)
+    zero_padded = {key: batch[key].clamp(min=0) for key in ("word_start_index", "word_end_index")}
+    expected = model(**batch, labels=labels)
+    for output in (
+        model(**{**batch, **zero_padded}, word_mask=word_mask, labels=labels),
+        model(**batch, word_mask=word_mask.bool(), labels=labels),
+    ):
+        assert torch.equal(output.span_mask, expected.span_mask)
+        assert torch.equal(output.logits, expected.logits)
+        assert torch.equal(output.loss, expected.loss)
+    with pytest.raises(ValueError, match="word_mask"):
+        model(**batch, word_mask=word_mask[:, :3])
 
 
 def test_span_representation_uses_first_and_last_word():

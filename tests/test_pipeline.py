@@ -15,6 +15,7 @@ import predict_mner
 from conftest import TWEET_SENTENCES
 from fresh_process import offline_hub_cache, run_without_project
 from tiny_models import tiny_roberta
+from tweet_words import split_words
 from mner_training import model_from_backbone
 from modeling_promptmner import PromptMNERForSpanNER
 from pipeline_promptmner import (
@@ -108,6 +109,25 @@ def test_list_input_and_batch_size_equal_processor_and_model(pipe, model, tiny_r
     assert_same_entities(pipe(inputs, batch_size=3), one_by_one)
     assert_same_entities(pipe(inputs, batch_size=8), one_by_one)
     assert pipe([]) == []
+
+
+def test_batching_examples_of_different_word_counts_equals_one_by_one(pipe, image_file):
+    """The library's default collate pads word indices with 0; the `word_mask` input keeps the results unchanged."""
+    texts = ["Obama", TWEET_SENTENCES[9], TWEET_SENTENCES[0]]
+    assert len({len(split_words(text)) for text in texts}) == len(texts)
+    for images in ([None, None, None], [str(image_file), None, str(image_file)]):
+        inputs = [{"text": text, "image": image} for text, image in zip(texts, images)]
+        one_by_one = [pipe(example) for example in inputs]
+        assert any(one_by_one)
+        assert_same_entities(pipe(inputs, batch_size=3), one_by_one)
+        assert_same_entities(pipe(inputs[::-1], batch_size=2), one_by_one[::-1])
+
+
+def test_batching_needs_a_right_padding_tokenizer(pipe, monkeypatch):
+    monkeypatch.setattr(pipe.tokenizer, "padding_side", "left")
+    assert pipe("Obama") == pipe(["Obama"], batch_size=1)[0]  # no batch, no padding
+    with pytest.raises(ValueError, match="padding_side"):
+        pipe(["Obama", TWEET_SENTENCES[0]], batch_size=2)
 
 
 def test_text_without_image_takes_the_text_only_path(pipe, model, tiny_roberta_processor, image_file):
