@@ -20,6 +20,7 @@ PROJECT_MODULES = (
     "tweet_words",
     "word_alignment",
     "mner_data",
+    "mner_demo",
     "mner_training",
     "run_mner",
     "pipeline_promptmner",

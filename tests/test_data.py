@@ -1,4 +1,4 @@
-"""Tests for mner_data: the CoNLL reader, dataset builders, Twitter file fetching and the demo corpus.
+"""Tests for mner_data (the CoNLL reader, dataset builders, Twitter file fetching) and mner_demo's demo corpus.
 
 All offline: hand-written files in tmp_path, the real Twitter-2015 text when ../shared has it
 (skipped otherwise), ``file://`` URLs for the download path.
@@ -20,17 +20,15 @@ from PIL import Image
 
 import mner_data
 from mner_data import (
-    DEMO_AMBIGUOUS_NAMES,
-    DEMO_CORPUS_NOTE,
     TWITTER_TEXT_SOURCES,
     DataFetchError,
     fetch_twitter,
     from_hf_dataset,
     label_list,
     load_mner_dataset,
-    make_demo_corpus,
     read_conll,
 )
+from mner_demo import DEMO_AMBIGUOUS_NAMES, DEMO_CORPUS_NOTE, make_demo_corpus
 from span_utils import bio_to_spans
 
 TWITTER2015 = Path(__file__).resolve().parents[2] / "shared" / "data" / "twitter2015"

@@ -1,4 +1,5 @@
-"""run_mner.py end to end: real files, real subprocesses, real `accelerate launch`."""
+"""run_mner.py end to end (real files, real subprocesses, real `accelerate launch`) and the training library
+mner_training.py it runs on."""
 
 import json
 import os
@@ -11,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate import Accelerator
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
 import mner_data
-import run_mner
+import mner_demo
+import mner_training
 from fresh_process import run_without_project
 from tiny_models import tiny_roberta
 
@@ -120,22 +121,22 @@ def launch(args: list[str], cwd: Path, num_processes: int = 1, timeout: int = 60
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    "arguments, message",
     [
-        (["--train_file", "a.txt", "--dataset", "twitter2015"], "exclusive"),
-        (["--train_file", "a.txt", "--learning_rate", "0"], "--learning_rate"),
-        (["--train_file", "a.txt", "--checkpointing_steps", "often"], "--checkpointing_steps"),
-        (["--train_file", "a.txt", "--push_to_hub"], "--hub_model_id"),
-        (["--model_name_or_path", "roberta-base"], "--dataset"),
+        ({"train_file": "a.txt", "dataset": "twitter2015"}, "exclusive"),
+        ({"train_file": "a.txt", "learning_rate": 0.0}, "--learning_rate"),
+        ({"train_file": "a.txt", "checkpointing_steps": "often"}, "--checkpointing_steps"),
+        ({"train_file": "a.txt", "push_to_hub": True}, "--hub_model_id"),
+        ({"model_name_or_path": "roberta-base"}, "--dataset"),
     ],
 )
-def test_bad_arguments_are_named(argv, message):
+def test_bad_arguments_are_named(arguments, message):
     with pytest.raises(ValueError, match=message):
-        run_mner.parse_args(argv)
+        mner_training.RunArguments(**arguments)
 
 
 def test_no_arguments_means_the_demo():
-    args = run_mner.parse_args([])
+    args = mner_training.RunArguments(**mner_demo.DEMO_ARGUMENTS)
     assert args.demo and args.output_dir == "outputs/demo"
 
 
@@ -154,8 +155,8 @@ def test_first_optimizer_step_is_adamw_with_the_groups_rates_and_decay():
                               intermediate_size=24, max_position_embeddings=40, num_prompts=3, clip_embed_dim=8,
                               span_hidden_size=8, labels=["O", "PER"])  # fmt: skip
     model = PromptMNERForSpanNER(config)
-    hyper = run_mner.parse_args(["--train_file", "a.txt", "--learning_rate", "1e-4", "--head_learning_rate", "1e-2"])
-    optimizer = run_mner.create_optimizer(model, hyper.learning_rate, hyper.weight_decay, hyper.head_learning_rate)
+    hyper = mner_training.RunArguments(train_file="a.txt", learning_rate=1e-4, head_learning_rate=1e-2)
+    optimizer = mner_training.create_optimizer(model, hyper.learning_rate, hyper.weight_decay, hyper.head_learning_rate)
     assert optimizer.defaults["fused"]
     for parameter in model.parameters():
         parameter.grad = torch.randn_like(parameter)
@@ -181,11 +182,9 @@ def test_image_embeddings_are_cached_across_runs(twitter_slice, tiny_processor, 
     raw = mner_data.load_mner_dataset(
         train_file=folder / "train.txt", validation_file=folder / "valid.txt", image_dir=twitter_slice["image_dir"]
     )
-    args = run_mner.parse_args(["--train_file", "x", "--output_dir", str(tmp_path / "out"), "--image_batch_size", "8"])
-    args.cache_dir = str(tmp_path / "cache")
-    accelerator = Accelerator(cpu=True)
-    first, first_counter = run_mner.add_image_embeddings(raw, tiny_processor, args, accelerator)
-    second, second_counter = run_mner.add_image_embeddings(raw, tiny_processor, args, accelerator)
+    cache_dir = tmp_path / "cache"
+    first, first_counter = mner_training.add_image_embeddings(raw, tiny_processor, cache_dir, batch_size=8)
+    second, second_counter = mner_training.add_image_embeddings(raw, tiny_processor, cache_dir, batch_size=8)
     assert first_counter["encoder_calls"] > 0
     assert second_counter["encoder_calls"] == 0  # the second run never runs CLIP
     for split in raw:
@@ -197,7 +196,7 @@ def test_image_embeddings_are_cached_across_runs(twitter_slice, tiny_processor, 
     row = next(r for r in first["train"] if r["has_image"])
     expected = tiny_processor.encode_images([row["image_path"]])[0]
     torch.testing.assert_close(torch.tensor(row["image_embeds"]), expected, atol=1e-5, rtol=0)
-    report = run_mner.image_report(first)
+    report = mner_training.image_report(first)
     assert report["train"]["text_only"] == sum(i in twitter_slice["missing"] for i in raw["train"]["image_id"])
 
 
@@ -258,7 +257,7 @@ def test_killed_run_resumes_to_the_same_weights(twitter_slice, tiny_backbone, cl
     command = [sys.executable, str(REPO_ROOT / "run_mner.py")]
     command += run_args(twitter_slice, tiny_backbone, clip_config_file, resumed, *extra)
     process = subprocess.Popen(command, cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    checkpoints = resumed / run_mner.TRAINING_STATE_DIR / "checkpoints"
+    checkpoints = resumed / mner_training.TRAINING_STATE_DIR / "checkpoints"
     deadline = time.time() + 300
     while not (checkpoints / "step_2").is_dir():
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
