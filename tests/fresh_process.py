@@ -28,6 +28,9 @@ PROJECT_MODULES = (
     "prompt_vocabularies",
     "prompt_vocabulary_kb",
     "explain_prompts",
+    "mner_serving",
+    "promptmner_handler",
+    "promptmner_space",
 )
 
 _BLOCKER = f"""

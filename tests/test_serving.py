@@ -1,0 +1,421 @@
+"""Serving a trained model where the Hub's widget cannot: the Inference Endpoint handler and the Gradio Space.
+
+- The handler (`handler.py` in every saved model folder) runs in a fresh process that cannot import this package,
+  loaded the way the Inference Endpoints toolkit loads it, on every documented body form; its answers equal the
+  pipeline's, and bad requests get errors that name the field.
+- The Space folder has the app, the requirements and the front matter; the app runs as a real server (without this
+  package) and a headless Chromium types a text, uploads an image and reads the entities and the prompt chart.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import metadata_load
+from packaging.requirements import Requirement
+from PIL import Image
+
+import mner_serving
+import promptmner_space
+from fresh_process import PROJECT_MODULES, _BLOCKER, run_without_project
+from mner_training import model_from_backbone
+from pipeline_promptmner import MultimodalNERPipeline, save_pipeline
+from tiny_models import tiny_roberta
+
+TEXT = "Kevin Durant arrives in Oklahoma City"
+OTHER_TEXT = "Barack Obama meets Angela Merkel in Berlin"
+SPACE_ID = "org/promptmner-tiny-space"
+MODEL_ID = "org/promptmner-tiny"
+
+
+def tiny_model(processor):
+    """A small random model with continuous prompts whose head is biased so that spans come out as entities."""
+    tokenizer = processor.tokenizer
+    backbone = tiny_roberta(len(tokenizer), tokenizer.pad_token_id, max_positions=64)
+    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
+    with torch.no_grad():
+        model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_roberta_processor):
+    return tiny_model(tiny_roberta_processor)
+
+
+@pytest.fixture(scope="module")
+def pipe(model, tiny_roberta_processor):
+    return MultimodalNERPipeline(model=model, processor=tiny_roberta_processor, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def saved_folder(model, tiny_roberta_processor, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    save_pipeline(model, tiny_roberta_processor, folder)
+    mner_serving.write_endpoint_files(folder)  # TEMP until save_pipeline writes it
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """A PNG and a JPEG photo-like image (real encoders, real files)."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(7)
+    paths = {"png": folder / "tweet.png", "jpeg": folder / "tweet.jpg"}
+    Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(paths["png"])
+    Image.fromarray(rng.integers(0, 256, (60, 40, 3), dtype=np.uint8)).save(paths["jpeg"], quality=90)
+    return paths
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def same_entities(actual, expected, tolerance=1e-5) -> bool:
+    """Same spans, labels and words; scores equal up to float rounding."""
+    strip = lambda batch: [{k: v for k, v in e.items() if k != "score"} for e in batch]  # noqa: E731
+    scores = lambda batch: [e["score"] for e in batch]  # noqa: E731
+    return strip(actual) == strip(expected) and np.allclose(scores(actual), scores(expected), atol=tolerance, rtol=0)
+
+
+# --- the endpoint files in every saved model folder ---------------------------------------------------------------
+
+
+def test_saved_folder_has_the_endpoint_handler_and_its_requirements(saved_folder):
+    handler = saved_folder / "handler.py"
+    assert handler.read_bytes() == Path(mner_serving.HANDLER_SOURCE).read_bytes()
+    tree = ast.parse(handler.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & set(PROJECT_MODULES), "handler.py must not need the promptmner package"
+    assert any(isinstance(node, ast.ClassDef) and node.name == "EndpointHandler" for node in tree.body)
+
+    wanted = {name.replace("_", "-").lower() for name in ("open_clip_torch", "transformers", "torch", "pillow")}
+    requirements = [Requirement(line) for line in (saved_folder / "requirements.txt").read_text().splitlines()]
+    names = {requirement.name.replace("_", "-").lower() for requirement in requirements}
+    assert wanted <= names
+    from importlib.metadata import version
+
+    for requirement in requirements:  # the ranges contain the versions the tests run with, and are bounded above
+        assert requirement.specifier.contains(version(requirement.name), prereleases=True), requirement
+        assert any(spec.operator == "<" for spec in requirement.specifier), requirement
+
+
+# --- the handler, in a fresh process, as the endpoint toolkit loads it --------------------------------------------
+
+
+def request_bodies(images: dict[str, Path]) -> dict[str, dict]:
+    png, jpeg = b64(images["png"]), b64(images["jpeg"])
+    wrapped = "\n".join(png[i : i + 76] for i in range(0, len(png), 76))  # as the `base64` command writes it
+    return {
+        "text": {"inputs": TEXT},
+        "text_and_base64_png": {"inputs": {"text": TEXT, "image": wrapped}},
+        "text_and_jpeg_data_url": {"inputs": {"text": OTHER_TEXT, "image": "data:image/jpeg;base64," + jpeg}},
+        "image_null": {"inputs": {"text": TEXT, "image": None}},
+        "batch_with_parameters": {
+            "inputs": [TEXT, {"text": OTHER_TEXT, "image": png}, {"text": TEXT, "image": "data:image/png;base64," + png}],
+            "parameters": {"threshold": 0.25, "batch_size": 2},
+        },
+    }
+
+
+def bad_bodies(images: dict[str, Path]) -> dict[str, object]:
+    return {
+        "no_inputs": {"parameters": {"threshold": 0.5}},
+        "not_base64": {"inputs": {"text": TEXT, "image": "this is not base64!"}},
+        "not_an_image": {"inputs": {"text": TEXT, "image": base64.b64encode(b"%PDF-1.4 not an image").decode()}},
+        "truncated_png": {"inputs": [TEXT, {"text": TEXT, "image": b64(images["png"])[:200]}]},
+        "image_wrong_type": {"inputs": {"text": TEXT, "image": [1, 2, 3]}},
+        "text_wrong_type": {"inputs": [TEXT, {"text": 42}]},
+        "inputs_wrong_type": {"inputs": 3.5},
+        "empty_batch": {"inputs": []},
+        "bad_threshold": {"inputs": TEXT, "parameters": {"threshold": "high"}},
+        "bad_batch_size": {"inputs": TEXT, "parameters": {"batch_size": 0}},
+        "unknown_parameter": {"inputs": TEXT, "parameters": {"temperature": 2}},
+        "body_not_an_object": ["inputs", TEXT],
+    }
+
+
+HANDLER_SCRIPT = """
+import importlib.util, json, sys
+from pathlib import Path
+
+model_dir = sys.argv[1]
+# What huggingface-inference-toolkit does with a repository that has a handler.py:
+sys.path.insert(0, model_dir)
+spec = importlib.util.spec_from_file_location("handler.EndpointHandler", Path(model_dir) / "handler.py")
+handler = importlib.util.module_from_spec(spec)
+sys.modules["handler.EndpointHandler"] = handler
+spec.loader.exec_module(handler)
+endpoint = handler.EndpointHandler(model_dir)
+
+good, bad = json.loads(Path("good.json").read_text()), json.loads(Path("bad.json").read_text())
+results = {"good": {name: endpoint(body) for name, body in good.items()}, "bad": {}}
+for name, body in bad.items():
+    try:
+        endpoint(body)
+        results["bad"][name] = None
+    except Exception as error:
+        results["bad"][name] = [type(error).__name__, str(error)]
+results["project_imported"] = sorted(m for m in sys.modules if m in PROJECT_MODULES)
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def endpoint_results(saved_folder, images, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("endpoint")
+    (work / "good.json").write_text(json.dumps(request_bodies(images)))
+    (work / "bad.json").write_text(json.dumps(bad_bodies(images)))
+    code = f"PROJECT_MODULES = {PROJECT_MODULES!r}\n" + HANDLER_SCRIPT.replace("sys.argv[1]", repr(str(saved_folder)))
+    output = run_without_project(
+        code, cwd=work, env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(work / "modules")}
+    )
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_handler_answers_every_body_form_like_the_pipeline(endpoint_results, pipe, images):
+    png, jpeg = Image.open(images["png"]), Image.open(images["jpeg"])
+    expected = {
+        "text": pipe(TEXT),
+        "text_and_base64_png": pipe({"text": TEXT, "image": png}),
+        "text_and_jpeg_data_url": pipe({"text": OTHER_TEXT, "image": jpeg}),
+        "image_null": pipe(TEXT),
+        "batch_with_parameters": pipe(
+            [TEXT, {"text": OTHER_TEXT, "image": png}, {"text": TEXT, "image": png}], threshold=0.25, batch_size=2
+        ),
+    }
+    answers = endpoint_results["good"]
+    assert endpoint_results["project_imported"] == []
+    assert answers["text"] and all(TEXT[e["start"] : e["end"]] == e["word"] for e in answers["text"])
+    for name in ("text", "text_and_base64_png", "text_and_jpeg_data_url", "image_null"):
+        assert same_entities(answers[name], expected[name]), name
+    batch = answers["batch_with_parameters"]
+    assert len(batch) == 3 and all(same_entities(a, e) for a, e in zip(batch, expected["batch_with_parameters"]))
+    assert all(e["score"] >= 0.25 for example in batch for e in example)
+    assert set(answers["text"][0]) == {"entity_group", "score", "word", "start", "end"}
+    # The image matters: the same text with and without it gets other scores.
+    assert [e["score"] for e in answers["text_and_base64_png"]] != [e["score"] for e in answers["text"]]
+
+
+def test_handler_rejects_bad_requests_naming_the_field(endpoint_results):
+    errors = endpoint_results["bad"]
+    expected = {
+        "no_inputs": r"no 'inputs'",
+        "not_base64": r"^inputs\.image is not valid base64",
+        "not_an_image": r"^inputs\.image: the \d+ decoded bytes are not an image",
+        "truncated_png": r"^inputs\[1\]\.image: the image data is truncated or corrupt",
+        "image_wrong_type": r"^inputs\.image must be a base64 string or a data URL, got list",
+        "text_wrong_type": r"^inputs\[1\]\.text must be a string, got int",
+        "inputs_wrong_type": r"^inputs must be a string or an object",
+        "empty_batch": r"^inputs is an empty list",
+        "bad_threshold": r"^parameters\.threshold must be a number in \[0, 1\], got 'high'",
+        "bad_batch_size": r"^parameters\.batch_size must be an integer >= 1, got 0",
+        "unknown_parameter": r"^unknown parameters \['temperature'\]",
+        "body_not_an_object": r"^the request body must be a JSON object",
+    }
+    assert set(errors) == set(expected)
+    for name, pattern in expected.items():
+        assert errors[name] is not None, f"{name} was accepted"
+        kind, message = errors[name]
+        assert kind == "BadRequestError" and re.search(pattern, message), (name, message)
+        assert "Traceback" not in message and len(message) < 300
+
+
+# --- the Space folder ----------------------------------------------------------------------------------------------
+
+
+def test_space_folder_has_app_requirements_front_matter_and_examples(tmp_path, images):
+    examples = [(TEXT, images["png"]), (OTHER_TEXT, Image.open(images["jpeg"])), ("no image here", None)]
+    folder = mner_serving.write_space(tmp_path / "space", model_id=MODEL_ID, examples=examples)
+    assert (folder / "app.py").read_bytes() == Path(mner_serving.SPACE_APP_SOURCE).read_bytes()
+    meta = metadata_load(folder / "README.md")
+    assert meta["sdk"] == "gradio" and meta["models"] == [MODEL_ID] and meta["app_file"] == "app.py"
+    names = {Requirement(line).name for line in (folder / "requirements.txt").read_text().splitlines()}
+    assert {"gradio", "open_clip_torch", "transformers"} <= names
+    assert not list(folder.glob("**/*.partial"))
+
+    # The app reads the model id and the examples from the folder it is in.
+    assert promptmner_space.resolve_model(None, folder) == MODEL_ID
+    assert promptmner_space.resolve_model("other/model", folder) == "other/model"
+    loaded = promptmner_space.load_examples(folder)
+    assert [text for text, _ in loaded] == [TEXT, OTHER_TEXT, "no image here"]
+    assert Path(loaded[0][1]).read_bytes() == images["png"].read_bytes()
+    assert np.array_equal(np.asarray(Image.open(loaded[1][1])), np.asarray(Image.open(images["jpeg"])))
+    assert loaded[2][1] is None
+
+
+def test_space_examples_and_app_errors_name_the_problem(tmp_path):
+    rows = [{"tokens": ["a", "b"], "image": None}, {"tokens": ["Kevin", "Durant"], "image": "x.jpg"}]
+    assert mner_serving.space_examples(rows, count=2) == [("Kevin Durant", "x.jpg")]
+    assert mner_serving.space_examples(rows, count=1, with_images=False) == [("Kevin Durant", None)]
+    (tmp_path / "examples.json").write_text(json.dumps([{"text": "t", "image": "missing.png"}]))
+    with pytest.raises(ValueError, match=r"examples\.json: entry 0 names the image 'missing\.png'"):
+        promptmner_space.load_examples(tmp_path)
+    (tmp_path / "examples.json").write_text("[{")
+    with pytest.raises(ValueError, match=r"examples\.json: not valid JSON"):
+        promptmner_space.load_examples(tmp_path)
+    with pytest.raises(SystemExit, match="no model to serve"):
+        promptmner_space.resolve_model(None, tmp_path)
+
+
+def test_model_card_serving_section_says_what_works():
+    section = mner_serving.serving_section(MODEL_ID, SPACE_ID)
+    assert "does not run this model" in section and "trust_remote_code" in section
+    assert f'pipeline("multimodal-ner", model="{MODEL_ID}", trust_remote_code=True)' in section
+    assert f"https://huggingface.co/spaces/{SPACE_ID}" in section
+    body = re.search(r"-d '(\{.*\})'", section).group(1)
+    assert json.loads(body)["inputs"]["text"] == TEXT  # the curl example's body is valid JSON
+    assert "--hub_space_id" in mner_serving.serving_section(MODEL_ID)
+
+
+# --- the Space app in a real browser -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(space: Path, model: Path, port: int, log: Path) -> subprocess.Popen:
+    """`python app.py --model <folder>` in a process that cannot import this package, bound to 127.0.0.1."""
+    launcher = space / "launch_blocked.py"
+    launcher.write_text(
+        _BLOCKER + "import runpy, sys\n"
+        f"sys.argv = ['app.py', '--model', {str(model)!r}, '--host', '127.0.0.1', '--port', '{port}']\n"
+        "runpy.run_path('app.py', run_name='__main__')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "GRADIO_"))}
+    env.update(
+        GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(space.parent / "modules"),
+        NO_PROXY="127.0.0.1,localhost",
+    )  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, launcher.name], cwd=space, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+
+
+def wait_for_server(process: subprocess.Popen, port: int, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the app exited with {process.returncode}:\n{log.read_text()}")
+        if f"127.0.0.1:{port}" in log.read_text():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the app did not start within {timeout} s:\n{log.read_text()}")
+
+
+def chromium(tmp_path: Path):
+    """Headless Debian Chromium through its chromedriver, with nothing that reaches the network on its own."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1300",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}")
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+def expected_chart(model, processor, image: Path, model_folder: Path) -> list[tuple[str, float]]:
+    """The prompts the page must chart, computed in this process with `prompt_vocabularies.explain`."""
+    from prompt_vocabularies import explain, load_vocabulary_embeds
+
+    vocab_embeds, _ = load_vocabulary_embeds(model_folder, processor.prompt_vocabulary, processor.prompt_template)
+    clues = model.promptmner.visual_clues
+    entries = explain(
+        processor.encode_images([str(image)]), clues.prompt_embeds, float(clues.logit_scale),
+        processor.prompt_vocabulary, continuous=True, vocab_embeds=vocab_embeds, k=10,
+    )[0]  # fmt: skip
+    return [(promptmner_space.prompt_name(entry), entry["probability"]) for entry in entries]
+
+
+def read_page(driver) -> dict:
+    """What the page shows: highlighted entities, the table, the chart's bars (Vega's SVG labels) and the note."""
+    from selenium.webdriver.common.by import By
+
+    marks = driver.find_elements(By.CSS_SELECTOR, "#entities .token.highlighted")
+    bars = [
+        element.get_attribute("aria-label")
+        for element in driver.find_elements(By.CSS_SELECTOR, "#prompts svg [aria-roledescription='bar']")
+    ]
+    rows = driver.find_elements(By.CSS_SELECTOR, "#entity-table [role='row'].virtual-row")
+    text_of = lambda element, selector: [e.get_attribute("innerText").strip() for e in element.find_elements(By.CSS_SELECTOR, selector)]  # noqa: E731
+    return {
+        "marks": [text_of(mark, ".text") + text_of(mark, ".label") for mark in marks],
+        "rows": [text_of(row, "[role='gridcell']") for row in rows],
+        "bars": bars,
+        "note": driver.find_element(By.CSS_SELECTOR, "#note").get_attribute("innerText"),
+    }
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
+)
+def test_space_app_in_headless_chromium(saved_folder, model, tiny_roberta_processor, pipe, images, tmp_path):
+    pytest.importorskip("gradio", reason="the Space app needs gradio: pip install -e '.[space]'")
+    pytest.importorskip("selenium", reason="the browser test drives Chromium with selenium: pip install -e '.[tests]'")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as until
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    started = time.monotonic()
+    space = mner_serving.write_space(tmp_path / "space", examples=[(TEXT, images["png"]), (OTHER_TEXT, None)])
+    port, log = free_port(), tmp_path / "app.log"
+    process = start_app(space, saved_folder, port, log)
+    driver = None
+    try:
+        wait_for_server(process, port, log)
+        driver = chromium(tmp_path)
+        driver.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(driver, 60)
+        textbox = wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, "#text textarea")))
+        textbox.send_keys(TEXT)
+        driver.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(images["png"]))
+        wait.until(until.presence_of_element_located((By.CSS_SELECTOR, "#image img")))
+        driver.find_element(By.CSS_SELECTOR, "#submit").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#prompts svg [aria-roledescription='bar']"))
+        wait.until(lambda d: "entities" in d.find_element(By.CSS_SELECTOR, "#note").get_attribute("innerText"))
+        page = read_page(driver)
+        driver.save_screenshot(str(tmp_path / "space_app.png"))
+    finally:
+        if driver is not None:
+            driver.quit()
+        process.terminate()
+        process.wait(timeout=30)
+    duration = time.monotonic() - started
+
+    entities = pipe({"text": TEXT, "image": Image.open(images["png"])})
+    assert entities
+    assert page["marks"] == [[e["word"], f"{e['entity_group']} {e['score']:.2f}"] for e in entities]
+    assert page["rows"] == [[e["word"], e["entity_group"], str(round(e["score"], 4)), str(e["start"]), str(e["end"])]
+                            for e in entities]  # fmt: skip
+    chart = expected_chart(model, tiny_roberta_processor, images["png"], saved_folder)
+    bars = [re.fullmatch(r"prompt: (.*); probability: ([0-9.e-]+)", label).groups() for label in page["bars"]]
+    assert [name for name, _ in bars] == [name for name, _ in chart]  # most probable first, with nearest words
+    assert np.allclose([float(p) for _, p in bars], [p for _, p in chart], atol=1e-6)
+    assert all(" ~ " in name for name, _ in bars)  # continuous prompts are named by their nearest words
+    assert page["note"].startswith(f"{len(entities)} entities")
+    assert (tmp_path / "space_app.png").stat().st_size > 10_000
+    print(f"browser test: {duration:.1f} s, screenshot {tmp_path / 'space_app.png'}")
