@@ -25,6 +25,7 @@ PROJECT_MODULES = (
     "run_mner",
     "pipeline_promptmner",
     "predict_mner",
+    "mner_prediction",
     "prompt_vocabularies",
     "prompt_vocabulary_kb",
     "explain_prompts",

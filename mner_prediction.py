@@ -1,0 +1,713 @@
+"""Batch prediction over JSONL files at any scale, and the predictions files of a training run.
+
+This is the library behind `promptmner-predict` and `accelerate launch -m predict_mner` (see `predict_mner.py`):
+
+- **Reading** ([`read_lines`], [`parse_line`]): the input is streamed line by line, never loaded whole. A line is
+  `{"text": str, "image": path | null, "id": any}`; a bad line (invalid JSON, no text, a missing or unreadable
+  image...) becomes an error record naming its line.
+- **Sharding** ([`LineBlocks`]): the non-blank lines are cut into blocks of `batch_size` lines. Block `k` (of those
+  not done yet) belongs to process `k % num_processes` (the processes of any `accelerate launch` topology), and within that process to
+  DataLoader worker `j % num_workers`, where `j` counts the process's own blocks; the worker parses the lines and
+  decodes their images, so the process only runs the model.
+- **Rounds** ([`predict_rounds`]): in each round every process predicts one block on its own device, and
+  Accelerate's `gather_object` brings the records to the main process, which writes them in input order. A round's
+  blocks are consecutive, so the output is identical line for line to a one-process run.
+- **Output** ([`open_output`], [`write_round`], [`finish_output`]): the main process appends whole rounds to
+  `<output>.partial` (one write, flushed and synced per round) and renames it to `<output>` at the end, so the
+  output file is never half written. `resume=True` keeps the longest prefix of complete blocks of the partial file
+  and continues after it: no line lost, none duplicated, no half line.
+
+Every output record has `line` (1-based line number in the input) and, when the input line has one, `id`, then
+either `entities` (the `multimodal-ner` pipeline's output) or `error` (`"ExceptionType: message"`).
+
+The last section writes the best model's predictions on a labelled split for error analysis
+([`write_prediction_files`]): `predictions_<split>.jsonl` (text, gold and predicted entities) and
+`predictions_<split>.conll` (`word gold predicted` per line, the format conlleval reads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from span_utils import bio_to_spans, entity_dicts, spans_to_bio
+from tweet_words import join_words
+
+PARTIAL_SUFFIX = ".partial"
+STATE_SUFFIX = ".partial.json"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The job
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PredictionJob:
+    """What to predict and where to write it.
+
+    Args:
+        input (`Path`): JSONL file, one `{"text", "image", "id"}` object per line (blank lines are skipped).
+        output (`Path`): JSONL file to write; `<output>.partial` and `<output>.partial.json` hold a run in progress.
+        model (`str`): the model folder or repo id (recorded so that a resumed run uses the same model).
+        image_dir (`Path`, *optional*): folder of relative image paths (default: the current directory).
+        batch_size (`int`): input lines per block, and chunks per model forward pass.
+        num_workers (`int`): DataLoader workers per process that parse lines and decode images (0: in-process).
+        stride (`int`, *optional*), threshold (`float`, *optional*): passed to the pipeline.
+        resume (`bool`): continue an interrupted run's `<output>.partial`.
+        overwrite (`bool`): start over even if `<output>` or `<output>.partial` exists.
+    """
+
+    input: Path
+    output: Path
+    model: str = ""
+    image_dir: Path | None = None
+    batch_size: int = 16
+    num_workers: int = 1
+    stride: int | None = None
+    threshold: float | None = None
+    resume: bool = False
+    overwrite: bool = False
+    call_kwargs: dict = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.input, self.output = Path(self.input), Path(self.output)
+        self.image_dir = Path(self.image_dir) if self.image_dir is not None else None
+        self.call_kwargs = {key: getattr(self, key) for key in ("stride", "threshold") if getattr(self, key) is not None}
+
+    def fingerprint(self) -> dict:
+        """What a resumed run must share with the interrupted one for the output to be one run's output."""
+        return {
+            "input": str(self.input.resolve()),
+            "input_bytes": self.input.stat().st_size,
+            "model": str(self.model),
+            "image_dir": str(self.image_dir.resolve()) if self.image_dir is not None else None,
+            **{key: getattr(self, key) for key in ("stride", "threshold")},
+        }
+
+
+def partial_path(output: Path) -> Path:
+    return output.with_name(output.name + PARTIAL_SUFFIX)
+
+
+def state_path(output: Path) -> Path:
+    return output.with_name(output.name + STATE_SUFFIX)
+
+
+def check_job(job: PredictionJob) -> None:
+    """Validate the job before anything is opened; `ValueError` names the argument."""
+    if job.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {job.batch_size}")
+    if job.num_workers < 0:
+        raise ValueError(f"--num_workers must be >= 0, got {job.num_workers}")
+    if job.stride is not None and job.stride < 0:
+        raise ValueError(f"--stride must be >= 0 (words), got {job.stride}")
+    if job.threshold is not None and not 0.0 <= job.threshold <= 1.0:
+        raise ValueError(f"--threshold must be a probability in [0, 1], got {job.threshold}")
+    if job.resume and job.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if not job.input.is_file():
+        raise ValueError(f"--input {job.input} is not a file")
+    if job.image_dir is not None and not job.image_dir.is_dir():
+        raise ValueError(f"--image_dir {job.image_dir} is not a folder")
+    check_output_paths(job)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def check_output_paths(job: PredictionJob) -> None:
+    """The output must not be (a link to) the input, a folder, or an earlier result that was not meant to go."""
+    output, partial = job.output, partial_path(job.output)
+    for path in (output, partial, state_path(output)):
+        if _same_file(path, job.input):
+            raise ValueError(f"--output {output} would overwrite the input file {job.input} ({path})")
+        if path.is_dir():
+            raise ValueError(f"--output {output}: {path} is a folder")
+    if job.overwrite:
+        return
+    if partial.exists() and not job.resume:
+        raise ValueError(
+            f"--output {output}: an interrupted run left {partial}; pass --resume to continue it or --overwrite to "
+            "start over"
+        )
+    if output.exists() and not job.resume:
+        raise ValueError(f"--output {output} exists; pass --overwrite to replace it (or --resume to keep it)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading and parsing lines (lazy)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """`(1-based line number, line)` for every non-blank line of a UTF-8 file (invalid bytes are replaced), read
+    lazily: one line in memory at a time."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield number, line
+
+
+def grouped(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of `size` items (the last one shorter)."""
+    group: list[Any] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def scan_input(path: Path, nth: int) -> tuple[int, int]:
+    """`(number of non-blank lines, line number of the nth non-blank line or 0)`, streaming the file once."""
+    total, line_of_nth = 0, 0
+    for number, _ in read_lines(path):
+        total += 1
+        if total == nth:
+            line_of_nth = number
+    return total, line_of_nth
+
+
+def error_message(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def peek_id(line: str) -> Any:
+    """The line's `id` if it is a JSON object with one, else `None` (for error records of otherwise bad lines)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record.get("id") if isinstance(record, dict) else None
+
+
+def parse_record(line: str, image_dir: Path | None, load_image: Callable[[Path], Any]) -> tuple[Any, dict]:
+    """`(id, pipeline input)` of one JSONL line; raises `ValueError` / `FileNotFoundError` for a bad line.
+
+    The image is decoded here (by `load_image`), so that a missing or unreadable image fails this line only.
+    """
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid JSON: {err}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"a line must be a JSON object, got {type(record).__name__}")
+    text = record.get("text")
+    if not isinstance(text, str):
+        raise ValueError(f"'text' must be a string, got {'nothing' if text is None else type(text).__name__}")
+    image = record.get("image")
+    if image is not None:
+        if not isinstance(image, str) or not image:
+            raise ValueError(f"'image' must be a file path or null, got {image!r}")
+        path = Path(image)
+        if image_dir is not None and not path.is_absolute():
+            path = image_dir / path
+        image = load_image(path)
+    return record.get("id"), {"text": text, "image": image}
+
+
+def parse_line(number: int, line: str, image_dir: Path | None, load_image: Callable[[Path], Any]) -> dict:
+    """`{"line", "id", "input"}` for a good line, `{"line", "id", "error"}` for a bad one."""
+    try:
+        record_id, example = parse_record(line, image_dir, load_image)
+    except Exception as err:  # noqa: BLE001 - a bad line becomes an error record naming it
+        return {"line": number, "id": peek_id(line), "error": error_message(err)}
+    return {"line": number, "id": record_id, "input": example}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sharding: blocks of lines per process and DataLoader worker
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class LineBlocks(IterableDataset):
+    """The parsed blocks of `batch_size` non-blank lines that belong to one process, streamed from the file.
+
+    The first `skip` non-blank lines (a multiple of `batch_size`: the blocks a resumed run already has) are left
+    out; of the blocks after them, block `k` belongs to process `k % num_processes`, and the process's `j`-th own
+    block is read by DataLoader worker `j % num_workers`, which is the order in which a DataLoader takes items from
+    its workers, so the process receives its blocks in input order.
+
+    Args:
+        path (`Path`): the JSONL input.
+        batch_size (`int`): lines per block.
+        load_image (`Callable`): decodes an image file (the processor's `load_image`).
+        image_dir (`Path`, *optional*): folder of relative image paths.
+        process_index (`int`), num_processes (`int`): this process and how many share the input.
+        skip (`int`): non-blank lines to leave out at the start.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        batch_size: int,
+        load_image: Callable[[Path], Any],
+        image_dir: Path | None = None,
+        process_index: int = 0,
+        num_processes: int = 1,
+        skip: int = 0,
+    ):
+        if skip % batch_size:
+            raise ValueError(f"skip ({skip}) must be a multiple of batch_size ({batch_size})")
+        self.path, self.batch_size, self.load_image, self.image_dir = path, batch_size, load_image, image_dir
+        self.process_index, self.num_processes, self.first_block = process_index, num_processes, skip // batch_size
+
+    def own_blocks(self) -> Iterator[list[tuple[int, str]]]:
+        """This process's raw blocks, in order (every process reads the whole file; only its blocks are kept)."""
+        for index, block in enumerate(grouped(read_lines(self.path), self.batch_size)):
+            if index >= self.first_block and (index - self.first_block) % self.num_processes == self.process_index:
+                yield block
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for own_index, block in enumerate(self.own_blocks()):
+            if own_index % num_workers == worker_id:
+                yield [parse_line(number, line, self.image_dir, self.load_image) for number, line in block]
+
+
+def _keep_block(block: list[dict]) -> list[dict]:
+    """The DataLoader's collate function: a block is already a batch."""
+    return block
+
+
+def block_loader(dataset: LineBlocks, num_workers: int) -> DataLoader:
+    """A DataLoader over `dataset`'s blocks; with workers, at most `2 * num_workers` blocks wait in memory."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_keep_block)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Predicting
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def result_record(number: int, record_id: Any, **fields: Any) -> dict:
+    """One output line: `line`, then `id` when the input had one, then the result fields."""
+    record = {"line": number}
+    if record_id is not None:
+        record["id"] = record_id
+    record.update(fields)
+    return record
+
+
+def predict_batch(pipe, inputs: list[dict], batch_size: int, call_kwargs: dict) -> list[list[dict] | BaseException]:
+    """Entities per input; if the batch fails, the inputs are retried one by one so the error names its line."""
+    if not inputs:
+        return []
+    try:
+        return list(pipe(inputs, batch_size=batch_size, **call_kwargs))
+    except Exception:  # noqa: BLE001 - attributed below, one input at a time
+        results: list[list[dict] | BaseException] = []
+        for example in inputs:
+            try:
+                results.append(pipe(example, **call_kwargs))
+            except Exception as err:  # noqa: BLE001 - recorded in the output
+                results.append(err)
+        return results
+
+
+def predict_block(pipe, block: list[dict], batch_size: int, call_kwargs: dict) -> list[dict]:
+    """Output records, in line order, for a parsed block (see [`parse_line`])."""
+    inputs = [item["input"] for item in block if "input" in item]
+    results = iter(predict_batch(pipe, inputs, batch_size, call_kwargs))
+    records = []
+    for item in block:
+        if "error" in item:
+            records.append(result_record(item["line"], item["id"], error=item["error"]))
+            continue
+        result = next(results)
+        if isinstance(result, BaseException):
+            records.append(result_record(item["line"], item["id"], error=error_message(result)))
+        else:
+            records.append(result_record(item["line"], item["id"], entities=result))
+    return records
+
+
+def predict_rounds(pipe, loader: DataLoader, batch_size: int, call_kwargs: dict) -> Iterator[list[dict]]:
+    """Per round, the records of one block per process, gathered on every process and sorted by line.
+
+    Every process takes part in every round (with no records once its blocks are done) until all are done, as
+    `gather_object` needs all of them.
+    """
+    from accelerate.utils import gather_object
+
+    blocks = iter(loader)
+    while True:
+        block = next(blocks, None)
+        records = predict_block(pipe, block, batch_size, call_kwargs) if block is not None else []
+        gathered = gather_object([(block is None, records)])
+        yield sorted((record for _, part in gathered for record in part), key=lambda record: record["line"])
+        if all(done for done, _ in gathered):
+            return
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output: append-only partial file, resume, rename at the end
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """How much of the output is done: complete records, the last one's input line, and the error records."""
+
+    records: int = 0
+    last_line: int = 0
+    errors: int = 0
+    offset: int = 0  # bytes of the partial file that hold those records
+
+    def counts(self) -> dict[str, int]:
+        return {"lines": self.records, "ok": self.records - self.errors, "errors": self.errors}
+
+
+def _parse_output_line(path: Path, index: int, raw: bytes, last_line: int) -> dict:
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}, line {index}: not a JSON record ({err}); pass --overwrite to start over") from None
+    number = record.get("line") if isinstance(record, dict) else None
+    if not isinstance(number, int) or number <= last_line:
+        raise ValueError(f"{path}, line {index}: 'line' {number!r} does not follow {last_line}; pass --overwrite")
+    return record
+
+
+def scan_output(path: Path, block_size: int = 1) -> Progress:
+    """The progress an output (or partial output) file holds, up to its last complete block of `block_size` records.
+
+    A trailing line without its newline (a write cut by a kill) and the records of an incomplete last block are left
+    out. Raises `ValueError` naming the file and line if a complete line is not a record, or lines go backwards.
+    """
+    kept, current = Progress(), Progress()
+    with open(path, "rb") as handle:
+        for index, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                break
+            record = _parse_output_line(path, index, raw, current.last_line)
+            current.records += 1
+            current.last_line = record["line"]
+            current.errors += "error" in record
+            current.offset += len(raw)
+            if current.records % block_size == 0:
+                kept = Progress(**asdict(current))
+    return kept
+
+
+def _write_state(path: Path, fingerprint: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _check_state(path: Path, fingerprint: dict) -> None:
+    """A resumed run must be the interrupted run's continuation: same input (path and size), model and settings."""
+    if not path.is_file():
+        raise ValueError(f"{path} is missing, so the partial output cannot be checked; pass --overwrite to start over")
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in fingerprint.items():
+        if stored.get(key) != value:
+            raise ValueError(
+                f"--resume: {key} was {stored.get(key)!r} in the interrupted run and is {value!r} now ({path}); "
+                "pass --overwrite to start over"
+            )
+
+
+def open_output(job: PredictionJob) -> tuple[Any, Progress]:
+    """Open `<output>.partial` for appending (main process only); return it and the progress it already holds.
+
+    Without `resume` any earlier partial file is discarded; the output file itself is only ever replaced by
+    [`finish_output`]. With `resume`, the partial file is cut after its last complete block.
+    """
+    partial, state = partial_path(job.output), state_path(job.output)
+    if job.resume and partial.exists():
+        _check_state(state, job.fingerprint())
+        progress = scan_output(partial, job.batch_size)
+        handle = open(partial, "r+b")
+        handle.truncate(progress.offset)
+        handle.seek(progress.offset)
+        return handle, progress
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    _write_state(state, job.fingerprint())
+    return open(partial, "wb"), Progress()
+
+
+def write_round(handle, records: list[dict], last_line: int) -> int:
+    """Append a round's records in one write, flushed and synced; return the last line written.
+
+    Raises `RuntimeError` if the records do not continue the file in input order (they always should).
+    """
+    if not records:
+        return last_line
+    lines = [record["line"] for record in records]
+    if lines[0] <= last_line or lines != sorted(set(lines)):
+        raise RuntimeError(f"records out of input order: lines {lines} after line {last_line}")
+    handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8"))
+    handle.flush()
+    os.fsync(handle.fileno())
+    return lines[-1]
+
+
+def finish_output(handle, output: Path) -> None:
+    """Close the complete partial file and rename it to `output` (atomic on one file system)."""
+    handle.close()
+    os.replace(partial_path(output), output)
+    state_path(output).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _broadcast(value: Any, state) -> Any:
+    """`value` of the main process, on every process."""
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def _main_process_start(job: PredictionJob) -> tuple[Any, Progress, int | None]:
+    """Open the output and count the input (main process only): `(partial file, progress, non-blank input lines)`;
+    `(None, progress, None)` when `--resume` finds the output already complete."""
+    if job.resume and not partial_path(job.output).exists() and job.output.exists():
+        return None, scan_output(job.output), None
+    handle, progress = open_output(job)
+    try:
+        total, line_of_last = scan_input(job.input, progress.records)
+        if progress.records and line_of_last != progress.last_line:
+            raise ValueError(
+                f"--resume: {partial_path(job.output)} ends with input line {progress.last_line}, but the input's "
+                f"non-blank line {progress.records} is line {line_of_last}: it does not match --input {job.input}"
+            )
+    except BaseException:
+        handle.close()
+        raise
+    return handle, progress, total
+
+
+def _start(job: PredictionJob, state) -> tuple[Any, Progress, int | None]:
+    """[`_main_process_start`] on the main process, its outcome shared with all: an error there stops every process
+    (the main one re-raises it, the others raise a `RuntimeError` that quotes it)."""
+    handle, error, outcome = None, None, None
+    if state.is_main_process:
+        try:
+            handle, progress, total = _main_process_start(job)
+            outcome = ("ok", progress, total)
+        except Exception as err:  # noqa: BLE001 - shared with the other processes below, then re-raised
+            error, outcome = err, ("error", error_message(err), None)
+    outcome = _broadcast(outcome, state)
+    if error is not None:
+        raise error
+    if outcome[0] == "error":
+        raise RuntimeError(f"the main process could not start: {outcome[1]}")
+    return handle, outcome[1], outcome[2]
+
+
+def predict_file(pipe, job: PredictionJob, state=None) -> dict:
+    """Predict every line of `job.input` into `job.output` with `pipe`, across all processes of `state`.
+
+    Args:
+        pipe: a `multimodal-ner` pipeline on this process's device.
+        job (`PredictionJob`): the files and settings (validated by [`check_job`] before anything is opened).
+        state (`accelerate.PartialState`, *optional*): the processes (default: the current ones).
+
+    Returns:
+        `dict`: on every process, `{"lines", "ok", "errors"}` of the whole output, plus `"predicted"` (lines this
+        run predicted; fewer than `"lines"` after `--resume`) and `"seconds"` (of this run's prediction loop).
+    """
+    from accelerate import PartialState
+
+    state = state if state is not None else PartialState()
+    check_job(job)
+    state.wait_for_everyone()  # every process checks the paths before the main one creates the partial file
+    handle, progress, total = _start(job, state)
+    if total is None:  # --resume of a run that had finished
+        return {**progress.counts(), "predicted": 0, "seconds": 0.0}
+    resumed = progress.records
+    try:
+        start = time.perf_counter()
+        progress = _predict_into(pipe, job, state, handle, progress, total)
+        seconds = time.perf_counter() - start
+        if state.is_main_process:
+            finish_output(handle, job.output)
+    finally:
+        if handle is not None:
+            handle.close()
+    state.wait_for_everyone()
+    return _broadcast({**progress.counts(), "predicted": progress.records - resumed, "seconds": seconds}, state)
+
+
+def _predict_into(pipe, job: PredictionJob, state, handle, progress: Progress, total: int) -> Progress:
+    """The prediction loop; the main process appends each round to `handle` and shows a progress bar."""
+    from tqdm.auto import tqdm
+
+    dataset = LineBlocks(job.input, job.batch_size, pipe.processor.load_image, job.image_dir,
+                         state.process_index, state.num_processes, skip=progress.records)  # fmt: skip
+    rounds = predict_rounds(pipe, block_loader(dataset, job.num_workers), job.batch_size, job.call_kwargs)
+    with tqdm(total=total, initial=progress.records, unit="line", desc="multimodal-ner", file=sys.stderr,
+              disable=not state.is_main_process) as bar:  # fmt: skip
+        for records in rounds:
+            if state.is_main_process:
+                progress.last_line = write_round(handle, records, progress.last_line)
+                progress.records += len(records)
+                progress.errors += sum("error" in record for record in records)
+                bar.update(len(records))
+    return progress
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading the pipeline and the processes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def has_accelerator_device() -> bool:
+    """Whether any device besides the CPU is there for Accelerate to use."""
+    import torch
+    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
+
+    return torch.cuda.is_available() or is_mps_available() or is_xpu_available() or is_npu_available()
+
+
+def process_state(device: str | None = None):
+    """Accelerate's `PartialState` of this process. On a machine without GPUs it runs on the CPU, so that
+    `accelerate launch --multi_gpu` starts gloo processes there; `device="cpu"` forces the CPU."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu" or not has_accelerator_device())
+
+
+def load_pipeline(model: str, device, trust_remote_code: bool = False):
+    """The `multimodal-ner` pipeline for `model` (folder or repo id) on `device`, in eval mode.
+
+    By default this package's own classes load the model and processor (no code from the folder runs);
+    `trust_remote_code=True` loads them, and the pipeline, from the model repository's code.
+    """
+    if trust_remote_code:
+        from transformers import pipeline
+
+        return pipeline("multimodal-ner", model=model, device=device, trust_remote_code=True)
+    from modeling_promptmner import PromptMNERForSpanNER
+    from pipeline_promptmner import MultimodalNERPipeline
+    from processing_promptmner import PromptMNERProcessor
+
+    loaded = PromptMNERForSpanNER.from_pretrained(model).eval()
+    # trust_remote_code=False stops the tokenizer lookup from asking about the folder's auto_map.
+    processor = PromptMNERProcessor.from_pretrained(model, trust_remote_code=False)
+    return MultimodalNERPipeline(model=loaded, processor=processor, device=device)
+
+
+def exit_status(counts: dict[str, int], fail_on_error: bool) -> int:
+    """0 when some line was predicted (or there were none), 1 when every line failed or, with `fail_on_error`,
+    when any did."""
+    if counts["lines"] and not counts["ok"]:
+        return 1
+    return 1 if fail_on_error and counts["errors"] else 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Predictions files of a training run (error analysis, scoring with one's own tools)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _entities(spans: Iterable[Sequence], tokens: Sequence[str], scored: bool) -> list[dict]:
+    """Word spans as entity dicts over `" ".join(tokens)` (character offsets, like the pipeline's output)."""
+    text, offsets = join_words(tokens)
+    entities = entity_dicts([(span[0], span[1], span[2], span[3] if scored else 0.0) for span in spans], text, offsets)
+    if not scored:
+        for entity in entities:
+            del entity["score"]
+    return entities
+
+
+def prediction_record(tokens: Sequence[str], gold_tags: Sequence[str], predicted: Iterable[Sequence],
+                      example_id: Any = None) -> dict:  # fmt: skip
+    """One line of `predictions_<split>.jsonl`: `id` (when given), `text` (the words joined by spaces), `tokens`,
+    and the `gold` and `predicted` entities (`{"entity_group", "word", "start", "end"}` with character offsets into
+    `text`; predicted ones also have `score` when the spans carry one)."""
+    predicted = list(predicted)
+    record = {} if example_id is None else {"id": example_id}
+    record.update(
+        text=join_words(tokens)[0],
+        tokens=list(tokens),
+        gold=_entities(bio_to_spans(gold_tags), tokens, scored=False),
+        predicted=_entities(predicted, tokens, scored=all(len(span) > 3 for span in predicted)),
+    )
+    return record
+
+
+def conll_word(word: str) -> str:
+    """A word as one CoNLL column: whitespace inside it becomes `_` (conlleval splits lines on spaces)."""
+    return "_".join(word.split()) or "_"
+
+
+def conll_lines(tokens: Sequence[str], gold_tags: Sequence[str], predicted: Iterable[Sequence]) -> list[str]:
+    """`word gold_tag predicted_tag` per word (the gold tags as given; predicted spans as BIO)."""
+    if len(tokens) != len(gold_tags):
+        raise ValueError(f"{len(tokens)} words but {len(gold_tags)} gold tags")
+    predicted_tags = spans_to_bio([tuple(span[:3]) for span in predicted], len(tokens))
+    return [f"{conll_word(word)} {gold} {pred}" for word, gold, pred in zip(tokens, gold_tags, predicted_tags)]
+
+
+def _write_atomically(path: Path, lines: Iterable[str]) -> None:
+    """Write `lines` to a temporary file next to `path`, then rename it over `path`."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(line + "\n")
+    os.replace(temporary, path)
+
+
+def write_prediction_files(
+    folder: str | os.PathLike,
+    split: str,
+    tokens: Sequence[Sequence[str]],
+    gold_tags: Sequence[Sequence[str]],
+    predicted: Sequence[Iterable[Sequence]],
+    ids: Sequence[Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write `predictions_<split>.jsonl` and `predictions_<split>.conll` in `folder`.
+
+    Args:
+        folder (`str` or `os.PathLike`): where to write (created if needed).
+        split (`str`): the split's name, e.g. `"test"`.
+        tokens (`Sequence[Sequence[str]]`): the words of each sentence.
+        gold_tags (`Sequence[Sequence[str]]`): the gold BIO tags of each sentence, one per word.
+        predicted (`Sequence[Iterable[tuple]]`): the predicted spans of each sentence, `(start, end, label[, score])`
+            with `end` inclusive, non-overlapping.
+        ids (`Sequence`, *optional*): an id per sentence (e.g. the image id), written to the JSONL file.
+
+    Returns:
+        `tuple[Path, Path]`: the JSONL and CoNLL files. In the CoNLL file, sentences are separated by a blank line;
+        scoring it with conlleval or `seqeval` (default mode) gives the entity F1 that `span_utils.entity_scores`
+        gives for the same gold tags and spans.
+    """
+    counts = {"tokens": len(tokens), "gold_tags": len(gold_tags), "predicted": len(predicted)}
+    if ids is not None:
+        counts["ids"] = len(ids)
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"one entry per sentence is needed, got {counts}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    jsonl, conll = folder / f"predictions_{split}.jsonl", folder / f"predictions_{split}.conll"
+    rows = list(zip(tokens, gold_tags, [list(spans) for spans in predicted]))
+    _write_atomically(conll, (line for row in rows for line in [*conll_lines(*row), ""]))
+    records = (
+        prediction_record(words, tags, spans, None if ids is None else ids[index])
+        for index, (words, tags, spans) in enumerate(rows)
+    )
+    _write_atomically(jsonl, (json.dumps(record, ensure_ascii=False) for record in records))
+    return jsonl, conll

@@ -1,0 +1,314 @@
+"""Batch prediction at scale (`mner_prediction`, `predict_mner`): streaming, sharding across `accelerate launch`
+processes, resumable atomic output, and the predictions files of a training run.
+
+The command runs in real subprocesses (one process, and two gloo processes under `accelerate launch --multi_gpu`)
+on a tiny random model saved with `save_pipeline`, over a JSONL file with images and bad lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from seqeval.metrics import f1_score, precision_score, recall_score
+from torch.utils.data import DataLoader
+
+import mner_prediction
+from conftest import TWEET_SENTENCES
+from mner_prediction import LineBlocks, PredictionJob, check_job, predict_file, scan_output, write_prediction_files
+from mner_training import model_from_backbone
+from pipeline_promptmner import save_pipeline
+from span_utils import bio_to_spans, entity_scores
+from tiny_models import tiny_roberta
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- fixtures: a saved tiny model, a posts file with images and bad lines -----------------------------------------
+
+
+def tiny_model(processor):
+    """A small random PromptMNER model whose head is biased so that many spans come out as entities."""
+    tokenizer = processor.tokenizer
+    backbone = tiny_roberta(len(tokenizer), tokenizer.pad_token_id, max_positions=64)
+    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
+    with torch.no_grad():
+        model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model_folder(tiny_roberta_processor, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    save_pipeline(tiny_model(tiny_roberta_processor), tiny_roberta_processor, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pipe(model_folder):
+    return mner_prediction.load_pipeline(str(model_folder), "cpu")
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(3)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    (folder / "corrupt.png").write_bytes(b"not an image")
+    return folder
+
+
+def posts_lines(count: int) -> list[str]:
+    """`count` JSONL lines: texts with and without images and ids, and every kind of bad line, blank lines too."""
+    lines = []
+    for index in range(count):
+        record = {"id": f"post-{index}" if index % 5 else index, "text": TWEET_SENTENCES[index % len(TWEET_SENTENCES)]}
+        if index % 7 == 3:
+            del record["id"]
+        if index % 3 == 0:
+            record["image"] = f"{index % 4}.png"
+        bad = {11: '{"id": "b", "text": "broken', 23: json.dumps({"text": "x", "image": "missing.png"}),
+               37: json.dumps({"id": 1, "image": "0.png"}), 41: json.dumps([1, 2]), 59: "",
+               67: json.dumps({"text": "y", "image": "corrupt.png"}), 83: json.dumps({"text": "z", "image": 3}),
+               97: "   "}  # fmt: skip
+        lines.append(bad.get(index % 100, json.dumps(record)))
+    return lines
+
+
+def write_jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def posts(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("posts") / "posts.jsonl", posts_lines(300))
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# --- reading and sharding -----------------------------------------------------------------------------------------
+
+
+def test_reader_streams_lines_before_the_input_is_complete(tmp_path):
+    """Blocks come out of a named pipe while its writer still holds the rest back: nothing reads the file whole."""
+    fifo = tmp_path / "posts.jsonl"
+    os.mkfifo(fifo)
+    released, finished = threading.Event(), threading.Event()
+
+    def writer():
+        with open(fifo, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(json.dumps({"text": f"first {i}"}) for i in range(4)) + "\n")
+            handle.flush()
+            released.wait(timeout=60)
+            handle.write(json.dumps({"text": "last"}) + "\n")
+        finished.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    blocks = iter(LineBlocks(fifo, batch_size=2, load_image=str))
+    first = next(blocks)
+    assert not finished.is_set(), "the reader waited for the end of the input"
+    assert [item["input"]["text"] for item in first] == ["first 0", "first 1"]
+    released.set()
+    rest = [item["input"]["text"] for block in blocks for item in block]
+    assert rest == ["first 2", "first 3", "last"]
+    thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("num_processes, num_workers, skip", [(1, 0, 0), (2, 2, 0), (3, 2, 6), (2, 2, 9)])
+def test_blocks_are_shared_once_and_each_process_gets_them_in_order(tmp_path, num_processes, num_workers, skip):
+    """Through real DataLoader workers: every non-blank line after `skip` lands in exactly one process, in order."""
+    lines = [json.dumps({"text": f"t{i}"}) if i % 6 else " " for i in range(1, 52)]
+    source = write_jsonl(tmp_path / "in.jsonl", lines)
+    non_blank = [number for number, line in enumerate(lines, start=1) if line.strip()]
+    shares = []
+    for process in range(num_processes):
+        dataset = LineBlocks(source, 3, str, None, process, num_processes, skip=skip)
+        shares.append([[item["line"] for item in block] for block in mner_prediction.block_loader(dataset, num_workers)])
+    for blocks in shares:
+        flat = [number for block in blocks for number in block]
+        assert flat == sorted(flat) and all(len(block) == 3 for block in blocks[:-1])
+    rounds = [number for blocks in zip(*[s + [[]] * (len(shares[0]) - len(s)) for s in shares]) for b in blocks
+              for number in b]  # fmt: skip
+    assert rounds == non_blank[skip:]  # round by round, the processes' blocks are consecutive
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        LineBlocks(source, 3, str, skip=4)
+
+
+# --- arguments and existing files ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"batch_size": 0}, "--batch_size"),
+        ({"num_workers": -1}, "--num_workers"),
+        ({"threshold": 1.5}, "--threshold"),
+        ({"stride": -2}, "--stride"),
+        ({"input": "absent.jsonl"}, "--input absent.jsonl is not a file"),
+        ({"image_dir": "no_such_folder"}, "--image_dir"),
+        ({"resume": True, "overwrite": True}, "exclude each other"),
+        ({"output": "in.jsonl"}, "would overwrite the input"),
+        ({"output": "link.jsonl"}, "would overwrite the input"),
+        ({"output": "in.jsonl.partial"}, "would overwrite the input"),
+        ({"output": "folder"}, "is a folder"),
+        ({"output": "done.jsonl"}, "exists; pass --overwrite"),
+        ({"output": "cut.jsonl"}, "an interrupted run left"),
+    ],
+)
+def test_bad_arguments_are_named_before_anything_is_opened(tmp_path, monkeypatch, change, message):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", ['{"text": "a"}'])
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "in.jsonl")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "done.jsonl").write_text("kept\n")
+    (tmp_path / "cut.jsonl.partial").write_text("kept\n")
+    if change.get("output") == "in.jsonl.partial":
+        (tmp_path / "in.jsonl").rename(tmp_path / "in.jsonl.partial")
+        change = {**change, "input": "in.jsonl.partial", "output": "in.jsonl"}
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    with pytest.raises(ValueError, match=message):
+        check_job(PredictionJob(**{"input": "in.jsonl", "output": "out.jsonl", **change}))
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+
+
+def test_existing_output_is_replaced_only_on_request(pipe, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", [json.dumps({"text": text}) for text in TWEET_SENTENCES[:3]])
+    target = tmp_path / "out.jsonl"
+    target.write_text("an earlier result\n")
+    with pytest.raises(ValueError, match="exists; pass --overwrite"):
+        predict_file(pipe, PredictionJob(source, target, batch_size=2))
+    assert target.read_text() == "an earlier result\n"
+    counts = predict_file(pipe, PredictionJob(source, target, batch_size=2, overwrite=True))
+    assert counts == {"lines": 3, "ok": 3, "errors": 0, "predicted": 3, "seconds": pytest.approx(counts["seconds"])}
+    assert [r["line"] for r in read_records(target)] == [1, 2, 3]
+    assert not list(tmp_path.glob("out.jsonl.*")), "the partial file and its state are gone"
+    complete = target.read_bytes()
+    counts = predict_file(pipe, PredictionJob(source, target, batch_size=2, resume=True))  # already complete
+    assert (counts["lines"], counts["predicted"]) == (3, 0) and target.read_bytes() == complete
+
+
+# --- the command: error records, input order, ids -----------------------------------------------------------------
+
+
+# --- interruption and resume --------------------------------------------------------------------------------------
+
+
+def test_interrupted_run_keeps_finished_blocks_and_resumes(pipe, tmp_path):
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(source, [json.dumps({"text": text}) for text in TWEET_SENTENCES[:5]])
+    calls = []
+
+    def crashing_pipe(inputs, **kwargs):
+        calls.append(len(inputs))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return pipe(inputs, **kwargs)
+
+    crashing_pipe.processor = pipe.processor
+    job = PredictionJob(source, target, model="tiny", batch_size=2, num_workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(crashing_pipe, job)
+    assert not target.exists(), "the output file only appears complete"
+    records = read_records(mner_prediction.partial_path(target))
+    assert [r["line"] for r in records] == [1, 2] and all("entities" in r for r in records)
+
+    counts = predict_file(pipe, PredictionJob(source, target, model="tiny", batch_size=2, resume=True))
+    assert (counts["lines"], counts["predicted"]) == (5, 3)
+    uninterrupted = tmp_path / "uninterrupted.jsonl"
+    predict_file(pipe, PredictionJob(source, uninterrupted, model="tiny", batch_size=2))
+    assert target.read_bytes() == uninterrupted.read_bytes()
+
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(crashing_pipe, PredictionJob(source, target, model="tiny", batch_size=2, overwrite=True))
+    write_jsonl(source, [json.dumps({"text": text}) for text in TWEET_SENTENCES[:6]])  # the input changed
+    with pytest.raises(ValueError, match="input_bytes was"):
+        predict_file(pipe, PredictionJob(source, target, model="tiny", batch_size=2, resume=True))
+
+
+def test_partial_output_keeps_its_complete_blocks_only(tmp_path):
+    """A half-written last line and the records of an unfinished block are left out; a damaged line is an error."""
+    partial = tmp_path / "out.jsonl.partial"
+    records = [json.dumps({"line": n, "entities": []}) for n in (1, 2, 4, 5, 6)]
+    partial.write_bytes(("\n".join(records) + '\n{"line": 7, "entit').encode())
+    progress = scan_output(partial, block_size=2)
+    assert (progress.records, progress.last_line) == (4, 5)
+    assert partial.read_bytes()[: progress.offset].decode().splitlines() == records[:4]
+    assert scan_output(partial, block_size=1).records == 5
+    partial.write_text(records[0] + "\n" + '{"line": 2, "entities": [}\n' + records[2] + "\n")
+    with pytest.raises(ValueError, match=r"out.jsonl.partial, line 2: not a JSON record"):
+        scan_output(partial)
+    partial.write_text(records[1] + "\n" + records[0] + "\n")
+    with pytest.raises(ValueError, match=r"line 2: 'line' 1 does not follow 2"):
+        scan_output(partial)
+
+
+# --- predictions files of a training run --------------------------------------------------------------------------
+
+
+def random_sentence(rng: random.Random) -> tuple[list[str], list[str], list[tuple]]:
+    """Words, gold tags (including `I-` after `O`, which opens an entity as in conlleval) and predicted spans."""
+    length = rng.randint(1, 12)
+    words = [rng.choice(["Kevin", "Durant", "in", "Oklahoma", "City", "RT", "@NBA", "New York", ""]) for _ in range(length)]
+    gold = [rng.choice(["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-OTHER"]) for _ in range(length)]
+    predicted = [(start, end, label if rng.random() < 0.9 else "MISC", rng.random())
+                 for start, end, label in bio_to_spans(gold) if rng.random() < 0.7]  # fmt: skip
+    for start in range(length):  # a few spurious single-word entities on free words
+        if rng.random() < 0.1 and all(not s <= start <= e for s, e, _, _ in predicted):
+            predicted.append((start, start, "LOC", rng.random()))
+    predicted.sort()
+    return words, gold, predicted
+
+
+def read_conll(path: Path) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+    """Words, gold and predicted tags of a `word gold predicted` file, sentences separated by blank lines."""
+    words, gold, predicted = [[]], [[]], [[]]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line:
+            words.append([]), gold.append([]), predicted.append([])
+            continue
+        word, gold_tag, predicted_tag = line.split(" ")
+        words[-1].append(word), gold[-1].append(gold_tag), predicted[-1].append(predicted_tag)
+    return words[:-1], gold[:-1], predicted[:-1]
+
+
+def test_conll_file_scored_by_seqeval_gives_the_entity_scores(tmp_path):
+    rng = random.Random(0)
+    sentences = [random_sentence(rng) for _ in range(200)]
+    tokens, gold, predicted = map(list, zip(*sentences))
+    jsonl, conll = write_prediction_files(tmp_path / "run", "test", tokens, gold, predicted, ids=range(200))
+    assert (jsonl.name, conll.name) == ("predictions_test.jsonl", "predictions_test.conll")
+    words, gold_read, predicted_read = read_conll(conll)
+    assert gold_read == gold and len(words) == 200
+    assert words[0] == ["_" if not w.strip() else w.replace(" ", "_") for w in tokens[0]]
+    expected = entity_scores([bio_to_spans(tags) for tags in gold], predicted)
+    assert f1_score(gold_read, predicted_read) == pytest.approx(expected["f1"], abs=1e-12)
+    assert precision_score(gold_read, predicted_read) == pytest.approx(expected["precision"], abs=1e-12)
+    assert recall_score(gold_read, predicted_read) == pytest.approx(expected["recall"], abs=1e-12)
+    assert 0.05 < expected["f1"] < 0.95
+
+    records = read_records(jsonl)
+    assert [r["id"] for r in records] == list(range(200))
+    for record, (words_, tags, spans) in zip(records, sentences):
+        assert record["tokens"] == words_ and record["text"] == " ".join(words_)
+        assert [(e["word"], e["entity_group"]) for e in record["gold"]] == [
+            (" ".join(words_[s : e + 1]), label) for s, e, label in bio_to_spans(tags)
+        ]
+        assert [(e["word"], e["entity_group"], e["score"]) for e in record["predicted"]] == [
+            (" ".join(words_[s : e + 1]), label, score) for s, e, label, score in spans
+        ]
+        for entity in record["gold"] + record["predicted"]:
+            assert record["text"][entity["start"] : entity["end"]] == entity["word"]
+    with pytest.raises(ValueError, match="one entry per sentence"):
+        write_prediction_files(tmp_path, "dev", tokens, gold[:-1], predicted)
