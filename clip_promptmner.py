@@ -73,8 +73,25 @@ def _to_uint8(array: np.ndarray, *, source: str) -> np.ndarray:
     raise ValueError(f"{source}: unsupported image dtype {array.dtype}")
 
 
+def _check_channels_last(array: np.ndarray, *, source: str) -> None:
+    """Refuse arrays that look channels-first (C, H, W): `(3, 224, 224)` plainly, and `(3, 40, 4)` as ambiguous,
+    since read as HxWxC it would be a 3-pixel-high image with more channels than rows."""
+    if array.ndim != 3 or array.shape[0] not in (3, 4):
+        return
+    height, width, channels = array.shape
+    hint = "pass an HxWxC array (for a channels-first array: array.transpose(1, 2, 0))"
+    if channels not in (1, 2, 3, 4):
+        raise ValueError(f"{source}: shape {array.shape} looks channels-first (C, H, W); {hint}")
+    if channels > height:
+        raise ValueError(
+            f"{source}: shape {array.shape} is ambiguous: channels-first ({height} channels of {width}x{channels}) or "
+            f"a {height}x{width} image with {channels} channels; {hint}, or a PIL image"
+        )
+
+
 def _array_to_image(array: np.ndarray, *, source: str = "numpy image") -> Image.Image:
     """Turn an HxW or HxWxC (C in 1..4) array into a PIL image (L, LA, RGB or RGBA)."""
+    _check_channels_last(array, source=source)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)):
@@ -126,6 +143,16 @@ def _pil_to_rgb(image: Image.Image, *, source: str) -> Image.Image:
         raise ValueError(f"{source}: cannot convert PIL mode {mode!r} to RGB: {err}") from err
 
 
+def _decoded(image: Image.Image, *, source: str) -> Image.Image:
+    """Decode a lazily opened PIL image now, so that a truncated or closed one fails here, naming its file."""
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, AttributeError) as err:
+        reason = "the image was closed" if "closed" in str(err) else f"{type(err).__name__}: {err}"
+        raise ValueError(f"Cannot decode {source}: {reason}") from err
+    return image
+
+
 def _open_image_file(path: Path) -> Image.Image:
     """Open and fully decode an image file, applying its EXIF orientation; errors name the file."""
     if not path.exists():
@@ -162,8 +189,11 @@ def load_image(image: Image.Image | str | os.PathLike | np.ndarray) -> Image.Ima
         TypeError: unsupported input type.
     """
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(image, source=f"PIL image (mode {image.mode})")
+        source = f"PIL image {image.filename!r}" if getattr(image, "filename", "") else f"PIL image (mode {image.mode})"
+        return _pil_to_rgb(_decoded(image, source=source), source=source)
     if isinstance(image, (str, os.PathLike)):
+        if not str(image).strip():
+            raise ValueError(f"empty image path {str(image)!r}: give a file path, or None for no image")
         path = Path(image)
         return _pil_to_rgb(_open_image_file(path), source=f"image file {str(path)!r}")
     if isinstance(image, np.ndarray):
@@ -285,21 +315,31 @@ def save_clip_vision(vision: torch.nn.Module, save_directory: str | os.PathLike)
     return weights_file
 
 
-def resolve_clip_vision_file(
-    pretrained_model_name_or_path: str | os.PathLike, *, subfolder: str = "", **hub_kwargs
+def resolve_saved_file(
+    pretrained_model_name_or_path: str | os.PathLike, filename: str, needed_for: str, *, subfolder: str = "",
+    **hub_kwargs,
 ) -> str:
-    """Path of `clip_vision.safetensors` in a local folder, or downloaded / cached from a Hub repo."""
+    """Path of `filename` in a saved local folder, or downloaded / cached from a Hub repo; a missing file is a
+    `FileNotFoundError` naming it and what it is `needed_for`."""
     path = str(pretrained_model_name_or_path)
     if os.path.isfile(path):  # a path to processor_config.json
         path = os.path.dirname(path)
     if os.path.isdir(path):
-        weights_file = os.path.join(path, subfolder or "", CLIP_VISION_WEIGHTS_NAME)
-        if not os.path.isfile(weights_file):
-            raise FileNotFoundError(
-                f"{weights_file!r} not found: a PromptMNER processor folder needs the CLIP image tower weights"
-            )
-        return weights_file
-    return hf_hub_download(path, CLIP_VISION_WEIGHTS_NAME, subfolder=subfolder or None, **hub_kwargs)
+        file = os.path.join(path, subfolder or "", filename)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{file!r} not found: a saved PromptMNER processor needs it for {needed_for}")
+        return file
+    return hf_hub_download(path, filename, subfolder=subfolder or None, **hub_kwargs)
+
+
+def resolve_clip_vision_file(
+    pretrained_model_name_or_path: str | os.PathLike, *, subfolder: str = "", **hub_kwargs
+) -> str:
+    """Path of `clip_vision.safetensors` in a local folder, or downloaded / cached from a Hub repo."""
+    return resolve_saved_file(
+        pretrained_model_name_or_path, CLIP_VISION_WEIGHTS_NAME, "the CLIP image tower weights", subfolder=subfolder,
+        **hub_kwargs,
+    )  # fmt: skip
 
 
 def load_clip_vision(

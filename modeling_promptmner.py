@@ -16,10 +16,12 @@ visual block, which is exactly the text-only model.
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -427,6 +429,20 @@ class PromptMNERPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["PromptMNERLayer"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a local folder without `config.json`, or weights that cannot be read,
+        give an `OSError` naming the folder and the file."""
+        folder = str(pretrained_model_name_or_path or "")
+        if os.path.isdir(folder) and kwargs.get("config") is None:
+            config_file = os.path.join(folder, kwargs.get("subfolder") or "", "config.json")
+            if not os.path.isfile(config_file):
+                raise OSError(f"{config_file} not found: a PromptMNER model folder needs its config.json")
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except SafetensorError as err:
+            raise OSError(f"{folder}: cannot read the model weights (model.safetensors): {err}") from err
 
     def _init_weights(self, module):
         super()._init_weights(module)  # Linear, Embedding (padding row zeroed) and LayerNorm, RoBERTa style

@@ -176,7 +176,7 @@ class MultimodalNERPipeline(ChunkPipeline):
             processor = self._processor_for(model)
         _check_processor(processor)
         super().__init__(model=model, processor=processor, **kwargs)
-        self._check_labels()
+        self._check_processor_matches_model()
         if self.model.training:
             logger.warning("The model is in training mode (dropout is active): call model.eval() for inference")
 
@@ -192,10 +192,21 @@ class MultimodalNERPipeline(ChunkPipeline):
         # Our own class reads the folder: no code from it runs (a tokenizer lookup would otherwise ask about it).
         return PromptMNERProcessor.from_pretrained(name, trust_remote_code=False)
 
-    def _check_labels(self) -> None:
-        model_labels = [self.model.config.id2label[index] for index in range(self.model.config.num_labels)]
+    def _check_processor_matches_model(self) -> None:
+        """The processor (processor_config.json) and the model (config.json) must agree on what both decide."""
+        config = self.model.config
+        model_labels = [config.id2label[index] for index in range(config.num_labels)]
         if list(self.processor.labels) != model_labels:
             raise ValueError(f"processor labels {self.processor.labels} differ from the model's {model_labels}")
+        agreed = [("max_span_length", self.processor.max_span_length, config.max_span_length)]
+        if self.processor.clip_embed_dim is not None:
+            agreed.append(("clip_embed_dim", self.processor.clip_embed_dim, config.clip_embed_dim))
+        for field, processor_value, model_value in agreed:
+            if processor_value != model_value:
+                raise ValueError(
+                    f"{field} is {processor_value} in the processor (processor_config.json) but {model_value} in the "
+                    f"model (config.json): the two were not saved together"
+                )
 
     # -- parameters ----------------------------------------------------------------------------------------------
 

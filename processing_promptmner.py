@@ -46,6 +46,7 @@ try:
         load_clip_vision,
         load_image,
         resolve_clip_vision_file,
+        resolve_saved_file,
         save_clip_vision,
     )
     from .configuration_promptmner import DEFAULT_LABELS
@@ -71,6 +72,7 @@ except ImportError:
         load_clip_vision,
         load_image,
         resolve_clip_vision_file,
+        resolve_saved_file,
         save_clip_vision,
     )
     from configuration_promptmner import DEFAULT_LABELS
@@ -132,6 +134,14 @@ class PromptMNERBatch(BatchFeature):
 # ----------------------------------------------------------------------------------------------------------------
 # The processor
 # ----------------------------------------------------------------------------------------------------------------
+
+
+# What a saved processor needs each file for; all are checked before loading, so no default stands in for one.
+SAVED_PROCESSOR_FILES = {
+    "processor_config.json": "its labels, span length, CLIP preprocessing and prompts",
+    "tokenizer.json": "its fast tokenizer",
+    "tokenizer_config.json": "its tokenizer settings",
+}
 
 
 class PromptMNERProcessor(ProcessorMixin):
@@ -355,8 +365,16 @@ class PromptMNERProcessor(ProcessorMixin):
     ) -> PromptMNERProcessor:
         """Load a saved processor from a local folder or a Hub repo id, with its CLIP image tower weights.
 
-        Hub files go through the Hugging Face cache, so `HF_HUB_OFFLINE=1` works with a populated cache.
+        Hub files go through the Hugging Face cache, so `HF_HUB_OFFLINE=1` works with a populated cache. A folder
+        without `processor_config.json` or without its fast tokenizer's files is an error naming the file (a default
+        processor rebuilt in their place would silently read text and images differently from training).
         """
+        hub_kwargs = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only,
+                          token=token, revision=revision)  # fmt: skip
+        for filename, needed_for in SAVED_PROCESSOR_FILES.items():
+            resolve_saved_file(
+                pretrained_model_name_or_path, filename, needed_for, subfolder=kwargs.get("subfolder", ""), **hub_kwargs
+            )
         processor = super().from_pretrained(
             pretrained_model_name_or_path,
             cache_dir=cache_dir,
@@ -368,13 +386,7 @@ class PromptMNERProcessor(ProcessorMixin):
         )
         if processor.clip_config is not None:
             weights_file = resolve_clip_vision_file(
-                pretrained_model_name_or_path,
-                subfolder=kwargs.get("subfolder", ""),
-                cache_dir=cache_dir,
-                force_download=force_download,
-                local_files_only=local_files_only,
-                token=token,
-                revision=revision,
+                pretrained_model_name_or_path, subfolder=kwargs.get("subfolder", ""), **hub_kwargs
             )
             processor.load_clip_vision_weights(weights_file)
         return processor

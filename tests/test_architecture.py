@@ -43,13 +43,13 @@ def documented_shipped_files() -> set[str]:
     """The files README's layout table marks as shipping with every model."""
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     header_index = next(i for i, line in enumerate(lines) if line.startswith("|") and SHIPPED_COLUMN in line)
-    columns = [cell.strip() for cell in lines[header_index].strip("|").split("|")]
-    shipped_at = columns.index(SHIPPED_COLUMN)
+    cells_of = lambda line: [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]  # noqa: E731
+    shipped_at = cells_of(lines[header_index]).index(SHIPPED_COLUMN)
     files = set()
     for line in lines[header_index + 2 :]:
         if not line.startswith("|"):
             break
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        cells = cells_of(line)
         if cells[shipped_at] == "yes":
             files.update(re.findall(r"`([\w./]+\.py)`", cells[0]))
     return files
