@@ -20,22 +20,32 @@ such list per input. A bad request raises [`BadRequestError`] whose message name
 returns it with status 400).
 
 This file imports no `promptmner` module: it loads the model, the processor and the pipeline from the folder with
-`trust_remote_code=True`, exactly as a Hub user would.
+`trust_remote_code=True`, exactly as a Hub user would. Run as a script, it serves the folder it is in over HTTP on
+127.0.0.1, as an endpoint answers (JSON in, JSON out, 400 with `{"error": ...}` for a bad request), to try requests
+before deploying:
+
+    python handler.py --port 8080
+    curl -s localhost:8080 -H "Content-Type: application/json" -d '{"inputs": "Kevin Durant arrives in Oklahoma City"}'
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import io
+import json
+import logging
 import os
 from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import pipeline
 
+logger = logging.getLogger(__name__)
 TASK = "multimodal-ner"
 INPUT_KEYS = ("text", "image")
 
@@ -183,3 +193,53 @@ class EndpointHandler:
         examples, is_batch, arguments = parse_request(data)
         outputs = self.pipeline(examples, **arguments)
         return outputs if is_batch else outputs[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A local HTTP server around the handler (trying requests before deploying)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def request_handler_class(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandler]:
+    """An `http.server` request handler that POSTs JSON bodies to `endpoint`, as Inference Endpoints does."""
+
+    class EndpointRequestHandler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                data = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                return self.reply(400, {"error": f"the request body is not JSON ({error})"})
+            try:
+                return self.reply(200, endpoint(data))
+            except BadRequestError as error:
+                return self.reply(400, {"error": str(error)})
+            except Exception as error:  # a bug, not a bad request: logged with its traceback, answered with 500
+                logger.exception("the handler failed on a request")
+                return self.reply(500, {"error": f"{type(error).__name__}: {error}"})
+
+        def reply(self, status: int, payload: Any) -> None:
+            data = json.dumps(payload).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return EndpointRequestHandler
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve this model folder's EndpointHandler over HTTP, locally.")
+    parser.add_argument("--model", default="", help="model folder (default: the folder of this file)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    server = HTTPServer((args.host, args.port), request_handler_class(EndpointHandler(args.model)))
+    print(f"EndpointHandler serving on http://{args.host}:{server.server_port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

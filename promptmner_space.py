@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     ner = load_pipeline(model)
     explainer = PromptExplainer(ner, vocabulary_embeds_file(model), top=args.top)
     demo = build_demo(ner, explainer, model, load_examples())
-    demo.launch(server_name=args.host, server_port=args.port, share=False)
+    # The example images lie next to this file, which may not be the working directory.
+    demo.launch(server_name=args.host, server_port=args.port, share=False, allowed_paths=[str(HERE)])
 
 
 if __name__ == "__main__":

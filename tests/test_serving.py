@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,54 @@ def same_entities(actual, expected, tolerance=1e-5) -> bool:
     strip = lambda batch: [{k: v for k, v in e.items() if k != "score"} for e in batch]  # noqa: E731
     scores = lambda batch: [e["score"] for e in batch]  # noqa: E731
     return strip(actual) == strip(expected) and np.allclose(scores(actual), scores(expected), atol=tolerance, rtol=0)
+
+
+# --- servers in subprocesses -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_blocked(folder: Path, script: str, arguments: list[str], log: Path) -> subprocess.Popen:
+    """`python <script> <arguments>` in `folder`, in a process that cannot import this package, offline."""
+    launcher = folder / f"launch_blocked_{Path(script).stem}.py"
+    launcher.write_text(
+        _BLOCKER + "import runpy, sys\n"
+        f"sys.argv = {[script, *arguments]!r}\n"
+        f"runpy.run_path({script!r}, run_name='__main__')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "GRADIO_"))}
+    env.update(
+        GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(log.parent / "modules"),
+        NO_PROXY="127.0.0.1,localhost",
+    )  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, launcher.name], cwd=folder, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+
+
+def start_app(space: Path, model: Path, port: int, log: Path) -> subprocess.Popen:
+    """The Space's `python app.py --model <folder>`, bound to 127.0.0.1."""
+    return start_blocked(space, "app.py", ["--model", str(model), "--host", "127.0.0.1", "--port", str(port)], log)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def wait_for_server(process: subprocess.Popen, port: int, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}:\n{log.read_text()}")
+        if f"127.0.0.1:{port}" in log.read_text():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the server did not start within {timeout} s:\n{log.read_text()}")
 
 
 # --- the endpoint files in every saved model folder ---------------------------------------------------------------
@@ -236,6 +286,34 @@ def test_handler_rejects_bad_requests_naming_the_field(endpoint_results):
         assert "Traceback" not in message and len(message) < 300
 
 
+def post(port: int, body: bytes) -> tuple[int, object]:
+    """POST `body` as JSON to the local endpoint; `(status, decoded JSON answer)`."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_handler_script_answers_json_over_http(saved_folder, pipe, images, tmp_path):
+    port, log = free_port(), tmp_path / "handler.log"
+    process = start_blocked(saved_folder, "handler.py", ["--port", str(port)], log)
+    try:
+        wait_for_server(process, port, log)
+        body = {"inputs": {"text": TEXT, "image": "data:image/png;base64," + b64(images["png"])}}
+        status, answer = post(port, json.dumps(body).encode())
+        bad_field = post(port, json.dumps({"inputs": {"text": TEXT, "image": "%%%"}}).encode())
+        not_json = post(port, b'{"inputs": ')
+    finally:
+        stop(process)
+    assert status == 200 and same_entities(answer, pipe({"text": TEXT, "image": Image.open(images["png"])}))
+    assert bad_field == (400, {"error": "inputs.image is not valid base64 (Only base64 data is allowed)"})
+    assert not_json[0] == 400 and not_json[1]["error"].startswith("the request body is not JSON")
+
+
 # --- the Space folder ----------------------------------------------------------------------------------------------
 
 
@@ -286,41 +364,6 @@ def test_model_card_serving_section_says_what_works():
 # --- the Space app in a real browser -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_app(space: Path, model: Path, port: int, log: Path) -> subprocess.Popen:
-    """`python app.py --model <folder>` in a process that cannot import this package, bound to 127.0.0.1."""
-    launcher = space / "launch_blocked.py"
-    launcher.write_text(
-        _BLOCKER + "import runpy, sys\n"
-        f"sys.argv = ['app.py', '--model', {str(model)!r}, '--host', '127.0.0.1', '--port', '{port}']\n"
-        "runpy.run_path('app.py', run_name='__main__')\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "GRADIO_"))}
-    env.update(
-        GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(space.parent / "modules"),
-        NO_PROXY="127.0.0.1,localhost",
-    )  # fmt: skip
-    return subprocess.Popen(
-        [sys.executable, launcher.name], cwd=space, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
-    )
-
-
-def wait_for_server(process: subprocess.Popen, port: int, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the app exited with {process.returncode}:\n{log.read_text()}")
-        if f"127.0.0.1:{port}" in log.read_text():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"the app did not start within {timeout} s:\n{log.read_text()}")
-
-
 def chromium(tmp_path: Path):
     """Headless Debian Chromium through its chromedriver, with nothing that reaches the network on its own."""
     from selenium import webdriver
@@ -366,6 +409,7 @@ def read_page(driver) -> dict:
         "rows": [text_of(row, "[role='gridcell']") for row in rows],
         "bars": bars,
         "note": driver.find_element(By.CSS_SELECTOR, "#note").get_attribute("innerText"),
+        "page_text": driver.find_element(By.TAG_NAME, "body").get_attribute("innerText"),
     }
 
 
@@ -402,8 +446,7 @@ def test_space_app_in_headless_chromium(saved_folder, model, tiny_roberta_proces
     finally:
         if driver is not None:
             driver.quit()
-        process.terminate()
-        process.wait(timeout=30)
+        stop(process)
     duration = time.monotonic() - started
 
     entities = pipe({"text": TEXT, "image": Image.open(images["png"])})
@@ -417,5 +460,6 @@ def test_space_app_in_headless_chromium(saved_folder, model, tiny_roberta_proces
     assert np.allclose([float(p) for _, p in bars], [p for _, p in chart], atol=1e-6)
     assert all(" ~ " in name for name, _ in bars)  # continuous prompts are named by their nearest words
     assert page["note"].startswith(f"{len(entities)} entities")
+    assert OTHER_TEXT in page["page_text"]  # the examples of examples.json are on the page
     assert (tmp_path / "space_app.png").stat().st_size > 10_000
     print(f"browser test: {duration:.1f} s, screenshot {tmp_path / 'space_app.png'}")
