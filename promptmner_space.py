@@ -192,7 +192,8 @@ def entity_mark(entity: dict[str, Any]) -> str:
 
 def highlighted(text: str, entities: list[dict[str, Any]]) -> dict[str, Any]:
     """`gr.HighlightedText`'s value: the text with each entity marked by its type and score."""
-    return {"text": text, "entities": [{"entity": entity_mark(e), "start": e["start"], "end": e["end"]} for e in entities]}
+    marks = [{"entity": entity_mark(e), "start": e["start"], "end": e["end"]} for e in entities]
+    return {"text": text, "entities": marks}
 
 
 def entity_rows(entities: list[dict[str, Any]]) -> list[list[Any]]:
