@@ -35,7 +35,9 @@ SPACE_FOLDER = "space"  # run_mner.py writes the Space in <output_dir>/space (le
 ENDPOINT_DISTRIBUTIONS = (
     "torch", "torchvision", "transformers", "open_clip_torch", "huggingface_hub", "safetensors", "pillow", "numpy",
 )  # fmt: skip
-SPACE_DISTRIBUTIONS = ENDPOINT_DISTRIBUTIONS + ("gradio", "pandas")
+SPACE_DISTRIBUTIONS = ENDPOINT_DISTRIBUTIONS + ("pandas",)
+# The Space's gradio when gradio is not installed here (it is an optional extra): the range of setup.cfg's `space`.
+GRADIO_TESTED = ("6.31.0", "gradio>=6.31,<7")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -60,6 +62,14 @@ def compatible_range(distribution: str) -> str:
 def requirements(distributions: Sequence[str]) -> str:
     """A `requirements.txt`: one compatible range per distribution."""
     return "".join(compatible_range(name) + "\n" for name in distributions)
+
+
+def gradio_version_and_range() -> tuple[str, str]:
+    """The Space's gradio: `(sdk_version, requirement)`, from the installed gradio, else the tested range."""
+    try:
+        return metadata.version("gradio"), compatible_range("gradio")
+    except RuntimeError:  # not installed: training does not need it
+        return GRADIO_TESTED
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -116,7 +126,7 @@ def space_readme(model_id: str | None, title: str) -> str:
     data = SpaceCardData(
         title=title[:60],
         sdk="gradio",
-        sdk_version=metadata.version("gradio"),
+        sdk_version=gradio_version_and_range()[0],
         app_file=SPACE_APP_FILE,
         license="apache-2.0",
         models=[model_id] if model_id else None,
@@ -178,7 +188,7 @@ def write_space(
     """
     folder = Path(folder)
     copy_file(SPACE_APP_SOURCE, folder / SPACE_APP_FILE)
-    write_text(folder / REQUIREMENTS_FILE, requirements(SPACE_DISTRIBUTIONS))
+    write_text(folder / REQUIREMENTS_FILE, requirements(SPACE_DISTRIBUTIONS) + gradio_version_and_range()[1] + "\n")
     write_text(folder / "README.md", space_readme(model_id, title))
     if examples:
         write_examples(folder, examples)
