@@ -357,6 +357,24 @@ def test_space_examples_and_app_errors_name_the_problem(tmp_path):
         promptmner_space.resolve_model(None, tmp_path)
 
 
+def test_app_explains_discrete_prompts_by_their_words(tiny_roberta_processor, images):
+    processor = tiny_roberta_processor
+    backbone = tiny_roberta(len(processor.tokenizer), processor.tokenizer.pad_token_id, max_positions=64)
+    model = model_from_backbone(backbone, processor=processor, prompts="custom").eval()
+    ner = MultimodalNERPipeline(model=model, processor=processor, device="cpu")
+    explainer = promptmner_space.PromptExplainer(ner, top=3)
+    entries = explainer(Image.open(images["png"]))
+    clues = model.promptmner.visual_clues
+    image_embeds = processor.encode_images([str(images["png"])])
+    probabilities = (float(clues.logit_scale) * torch.nn.functional.normalize(image_embeds, dim=-1)
+                     @ torch.nn.functional.normalize(clues.prompt_embeds, dim=-1).T).softmax(-1)[0]  # fmt: skip
+    top = probabilities.topk(3)
+    assert [promptmner_space.prompt_name(e) for e in entries] == [processor.prompt_vocabulary[i] for i in top.indices]
+    assert np.allclose([e["probability"] for e in entries], top.values.tolist(), atol=1e-6)
+    chart = promptmner_space.prompt_chart(entries)
+    assert list(chart.columns) == ["prompt", "probability"] and len(chart) == 3
+
+
 def test_model_card_serving_section_says_what_works():
     section = mner_serving.serving_section(MODEL_ID, SPACE_ID)
     assert "does not run this model" in section and "trust_remote_code" in section
