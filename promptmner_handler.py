@@ -12,7 +12,8 @@ with every request body (JSON, parsed into a dict):
 ```
 
 `parameters` (all optional): `threshold` (minimum label probability, default 0), `batch_size`, `ignore_labels`
-(list of entity types), `stride` and `max_length` (long-text chunking, see the `multimodal-ner` pipeline).
+(list of entity types), `stride` and `max_length` (long-text chunking, see the `multimodal-ner` pipeline), and
+`aggregation_strategy`, accepted as token-classification clients send it (entities are always whole word spans).
 
 The response has the format of transformers' aggregated `token-classification` output: for one input, a list of
 `{"entity_group", "score", "word", "start", "end"}` (character offsets into the text); for a list of inputs, one
@@ -48,6 +49,7 @@ from transformers import pipeline
 logger = logging.getLogger(__name__)
 TASK = "multimodal-ner"
 INPUT_KEYS = ("text", "image")
+AGGREGATION_STRATEGIES = ("none", "simple", "first", "average", "max")
 
 
 class BadRequestError(ValueError):
@@ -146,6 +148,8 @@ def parse_parameters(parameters: Any) -> dict[str, Any]:
         "stride": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (words)"),
         "max_length": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (tokens)"),
         "ignore_labels": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+        # Sent by token-classification clients (e.g. InferenceClient.token_classification); entities are whole spans.
+        "aggregation_strategy": (lambda v: v in AGGREGATION_STRATEGIES, f"one of {list(AGGREGATION_STRATEGIES)}"),
     }  # fmt: skip
     unknown = sorted(set(parameters) - set(checks))
     if unknown:

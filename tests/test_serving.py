@@ -180,6 +180,9 @@ def request_bodies(images: dict[str, Path]) -> dict[str, dict]:
         "text_and_base64_png": {"inputs": {"text": TEXT, "image": wrapped}},
         "text_and_jpeg_data_url": {"inputs": {"text": OTHER_TEXT, "image": "data:image/jpeg;base64," + jpeg}},
         "image_null": {"inputs": {"text": TEXT, "image": None}},
+        "token_classification_parameters": {
+            "inputs": TEXT, "parameters": {"aggregation_strategy": "simple", "ignore_labels": ["LOC"]},
+        },
         "batch_with_parameters": {
             "inputs": [
                 TEXT, {"text": OTHER_TEXT, "image": png}, {"text": TEXT, "image": "data:image/png;base64," + png}
@@ -202,6 +205,7 @@ def bad_bodies(images: dict[str, Path]) -> dict[str, object]:
         "bad_threshold": {"inputs": TEXT, "parameters": {"threshold": "high"}},
         "bad_batch_size": {"inputs": TEXT, "parameters": {"batch_size": 0}},
         "unknown_parameter": {"inputs": TEXT, "parameters": {"temperature": 2}},
+        "bad_aggregation": {"inputs": TEXT, "parameters": {"aggregation_strategy": "mean"}},
         "body_not_an_object": ["inputs", TEXT],
     }
 
@@ -251,6 +255,7 @@ def test_handler_answers_every_body_form_like_the_pipeline(endpoint_results, pip
         "text_and_base64_png": pipe({"text": TEXT, "image": png}),
         "text_and_jpeg_data_url": pipe({"text": OTHER_TEXT, "image": jpeg}),
         "image_null": pipe(TEXT),
+        "token_classification_parameters": pipe(TEXT, ignore_labels=["LOC"]),
         "batch_with_parameters": pipe(
             [TEXT, {"text": OTHER_TEXT, "image": png}, {"text": TEXT, "image": png}], threshold=0.25, batch_size=2
         ),
@@ -258,7 +263,10 @@ def test_handler_answers_every_body_form_like_the_pipeline(endpoint_results, pip
     answers = endpoint_results["good"]
     assert endpoint_results["project_imported"] == []
     assert answers["text"] and all(TEXT[e["start"] : e["end"]] == e["word"] for e in answers["text"])
-    for name in ("text", "text_and_base64_png", "text_and_jpeg_data_url", "image_null"):
+    assert any(e["entity_group"] == "LOC" for e in answers["text"])
+    assert not any(e["entity_group"] == "LOC" for e in answers["token_classification_parameters"])
+    single = ("text", "text_and_base64_png", "text_and_jpeg_data_url", "image_null", "token_classification_parameters")
+    for name in single:
         assert same_entities(answers[name], expected[name]), name
     batch = answers["batch_with_parameters"]
     assert len(batch) == 3 and all(same_entities(a, e) for a, e in zip(batch, expected["batch_with_parameters"]))
@@ -282,6 +290,7 @@ def test_handler_rejects_bad_requests_naming_the_field(endpoint_results):
         "bad_threshold": r"^parameters\.threshold must be a number in \[0, 1\], got 'high'",
         "bad_batch_size": r"^parameters\.batch_size must be an integer >= 1, got 0",
         "unknown_parameter": r"^unknown parameters \['temperature'\]",
+        "bad_aggregation": r"^parameters\.aggregation_strategy must be one of \['none', 'simple'",
         "body_not_an_object": r"^the request body must be a JSON object",
     }
     assert set(errors) == set(expected)
@@ -479,7 +488,8 @@ def test_space_app_in_headless_chromium(saved_folder, model, tiny_roberta_proces
     entities = pipe({"text": TEXT, "image": Image.open(images["png"])})
     assert entities
     # What the page shows, against the pipeline in this process (scores as rounded on the page).
-    assert [(word, mark.split()[0]) for word, mark in page["marks"]] == [(e["word"], e["entity_group"]) for e in entities]
+    marks = [(word, mark.split()[0]) for word, mark in page["marks"]]
+    assert marks == [(e["word"], e["entity_group"]) for e in entities]
     assert np.allclose([float(mark.split()[1]) for _, mark in page["marks"]], [e["score"] for e in entities], atol=6e-3)
     assert [row[:2] + row[3:] for row in page["rows"]] == [
         [e["word"], e["entity_group"], str(e["start"]), str(e["end"])] for e in entities
