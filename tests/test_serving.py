@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import metadata_load
+from huggingface_hub import InferenceClient, metadata_load
 from packaging.requirements import Requirement
 from PIL import Image
 
@@ -322,8 +322,13 @@ def test_handler_script_answers_json_over_http(saved_folder, pipe, images, tmp_p
         status, answer = post(port, json.dumps(body).encode())
         bad_field = post(port, json.dumps({"inputs": {"text": TEXT, "image": "%%%"}}).encode())
         not_json = post(port, b'{"inputs": ')
+        client = InferenceClient(model=f"http://127.0.0.1:{port}")  # a token-classification client, as is
+        from_client = client.token_classification(TEXT, aggregation_strategy="simple", ignore_labels=["LOC"])
     finally:
         stop(process)
+    client_entities = [{key: getattr(e, key) for key in ("entity_group", "score", "word", "start", "end")}
+                       for e in from_client]  # fmt: skip
+    assert client_entities and same_entities(client_entities, pipe(TEXT, ignore_labels=["LOC"]))
     assert status == 200 and same_entities(answer, pipe({"text": TEXT, "image": Image.open(images["png"])}))
     assert bad_field == (400, {"error": "inputs.image is not valid base64 (Only base64 data is allowed)"})
     assert not_json[0] == 400 and not_json[1]["error"].startswith("the request body is not JSON")
