@@ -266,7 +266,9 @@ class RunArguments:
     def __post_init__(self):
         sources = [name for name in ("dataset", "train_file", "hf_dataset") if getattr(self, name)]
         if not self.demo and not sources:
-            raise ValueError("give --dataset, --train_file (with --validation_file/--test_file), --hf_dataset or --demo")
+            raise ValueError(
+                "give --dataset, --train_file (with --validation_file/--test_file), --hf_dataset or --demo"
+            )
         if len(sources) > 1:
             raise ValueError(f"{' and '.join('--' + name for name in sources)} are exclusive")
         if self.dataset is not None and self.dataset not in TWITTER_TEXT_SOURCES:

@@ -303,6 +303,7 @@ def train(args: RunArguments, accelerator, model, processor, data, collator) -> 
         f"optimizer steps, global batch "
         f"{args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps}"
     )
+    dev_tags = data["validation"]["tags"]
     bar = tqdm(total=max_steps, initial=progress["step"], disable=not accelerator.is_local_main_process, desc="train")
     for epoch in range(start_epoch, math.ceil(max_steps / steps_per_epoch)):
         model.train()
@@ -335,7 +336,6 @@ def train(args: RunArguments, accelerator, model, processor, data, collator) -> 
             if progress["step"] >= max_steps:
                 break
         epoch_losses = progress["step_losses"][epoch * steps_per_epoch : progress["step"]]
-        dev_tags = data["validation"]["tags"]
         end_of_epoch(args, accelerator, model, processor, dev_loader, dev_tags, epoch, epoch_losses, progress)
         if args.checkpointing_steps == "epoch":
             save_checkpoint(accelerator, state_dir, progress["step"], progress)

@@ -45,7 +45,8 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCol
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import mner_data  # noqa: E402
-import run_mner  # noqa: E402
+from mner_demo import demo_backbone  # noqa: E402
+from mner_training import create_optimizer  # noqa: E402
 from span_utils import bio_scores  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -87,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for split in ("train", "valid", "test"):
         if not (args.data_dir / f"{split}.txt").is_file():
             raise ValueError(f"--data_dir {args.data_dir}: no {split}.txt there")
-    args.model_name_or_path = args.model_name_or_path or run_mner.demo_backbone()
+    args.model_name_or_path = args.model_name_or_path or demo_backbone()
     return args
 
 
@@ -171,9 +172,8 @@ class TokenClassificationRun:
         accelerator, args = self.accelerator, self.args
         train_loader = self.loader("train", shuffle=True)
         dev_loader, test_loader = self.loader("valid", shuffle=False), self.loader("test", shuffle=False)
-        # run_mner's AdamW grouping (no decay on biases and LayerNorm); one rate for everything, as run_ner_no_trainer
-        optimizer = run_mner.create_optimizer(self.model, self.learning_rate, WEIGHT_DECAY,
-                                              device_type=accelerator.device.type)  # fmt: skip
+        # the training AdamW grouping (no decay on biases and LayerNorm); one rate for everything, as run_ner_no_trainer
+        optimizer = create_optimizer(self.model, self.learning_rate, WEIGHT_DECAY, device_type=accelerator.device.type)
         max_steps = args.epochs * len(train_loader)
         scheduler = get_scheduler("linear", optimizer, int(WARMUP_RATIO * max_steps), max_steps)
         model, optimizer, train_loader, scheduler = accelerator.prepare(self.model, optimizer, train_loader, scheduler)

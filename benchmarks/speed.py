@@ -10,7 +10,7 @@ All models have random weights (no download); sizes: `minilm` = hidden 384, 6 la
   (b) full training step (`PromptMNERForSpanNER` loss backward + run_mner.py's AdamW step): text only vs
       16 / 50 / 100 clues;
   (c) CLIP image-embedding precompute: `PromptMNERProcessor.encode_images` with a random open_clip tower on
-      generated images, and `run_mner.add_image_embeddings` on a small generated dataset, first call (encodes,
+      generated images, and `mner_training.add_image_embeddings` on a small generated dataset, first call (encodes,
       writes the cache) vs second call (reads the cache);
   (d) peak memory: on CPU the growth of the peak resident set size (VmHWM) of a fresh subprocess that runs
       the workload, from after imports to after the steps (model, optimizer state, activations, allocator
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configuration_promptmner import PromptMNERConfig  # noqa: E402
 from modeling_promptmner import PromptMNERForSpanNER  # noqa: E402
-from run_mner import create_optimizer  # noqa: E402
+from mner_training import add_image_embeddings, create_optimizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_throughput import write_images  # noqa: E402
@@ -147,7 +147,7 @@ def train_step(args, num_prompts: int, device):
     """(b): one training step closure; num_prompts 0 = text only (no image embeddings)."""
     torch.manual_seed(0)
     model = PromptMNERForSpanNER(promptmner_config(args, num_prompts)).to(device).train()
-    optimizer = create_optimizer(model, 1e-5, 0.01, device_type=device.type)  # run_mner.py's AdamW (fused here)
+    optimizer = create_optimizer(model, 1e-5, 0.01, device_type=device.type)  # the training AdamW (fused here)
     batch = make_batch(args, device)
     if num_prompts == 0:
         batch.pop("image_embeds")
@@ -211,8 +211,6 @@ def clip_precompute(args, device) -> list[tuple[str, float, float]]:
     """Rows (what, seconds, images/s)."""
     import datasets
 
-    import run_mner
-
     datasets.disable_progress_bars()
     processor = build_processor(args)
     processor.clip_vision.to(device)
@@ -228,12 +226,9 @@ def clip_precompute(args, device) -> list[tuple[str, float, float]]:
         rows.append((f"`encode_images` ({args.images} JPEGs, one batch)", seconds, args.images / seconds))
         data = datasets.DatasetDict({"train": datasets.Dataset.from_dict({
             "tokens": [["word"]] * args.images, "tags": [["O"]] * args.images, "image_path": paths})})  # fmt: skip
-        ns = argparse.Namespace(cache_dir=str(Path(tmp) / "cache"), output_dir=str(Path(tmp) / "out"),
-                                image_batch_size=args.images)  # fmt: skip
-        accelerator = argparse.Namespace(main_process_first=contextlib.nullcontext)
         for call in ("first (encode + write cache)", "second (cached)"):
             start = time.perf_counter()
-            _, counter = run_mner.add_image_embeddings(data, processor, ns, accelerator)
+            _, counter = add_image_embeddings(data, processor, Path(tmp) / "cache", batch_size=args.images)
             seconds = time.perf_counter() - start
             rows.append((f"`add_image_embeddings` {call}, encoder calls {counter['encoder_calls']}", seconds,
                          args.images / seconds))  # fmt: skip
