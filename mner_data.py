@@ -262,6 +262,8 @@ def load_mner_dataset(
     for split, path in files.items():
         if path is not None:
             examples = read_conll(path, image_dir=image_dir, image_extension=image_extension)
+            if not examples:
+                raise ValueError(f"{path}: no examples (the file has no token lines)")
             splits[split] = datasets.Dataset.from_list(examples, features=mner_features())
     if not splits:
         raise ValueError("load_mner_dataset needs at least one of train_file, validation_file, test_file")

@@ -189,6 +189,13 @@ def test_load_mner_dataset_splits_and_columns(tmp_path):
         load_mner_dataset()
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "-DOCSTART-\n\n"], ids=["empty", "blank lines", "docstart only"])
+def test_load_mner_dataset_names_a_file_without_examples(tmp_path, text):
+    train = write(tmp_path / "train.txt", text)
+    with pytest.raises(ValueError, match=f"^{train}: no examples"):
+        load_mner_dataset(train_file=train)
+
+
 def test_from_hf_dataset_classlabel_ints_and_paths():
     names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     features = datasets.Features(
