@@ -34,6 +34,17 @@ class PromptMNERConfig(RobertaConfig):
             Width of CLIP's joint image-text space (1024 for `RN50`); the image and prompt embeddings live there.
         clip_logit_scale (`float`, defaults to 100.0):
             CLIP's temperature `1/tau` for `p(P_i|I) = softmax(cos(s_i, v) / tau)`; pretrained CLIP learned 100.
+        learnable_logit_scale (`bool`, defaults to `False`):
+            Learn the temperature of `p(P_i|I)` (a parameter `prompt_log_logit_scale`, started at
+            `clip_logit_scale`) instead of keeping CLIP's. The paper keeps CLIP's; continuous prompts start
+            random and are learned through this softmax, and a fixed temperature decides how sharp it is before
+            they have learned anything (see BENCHMARKS.md, "Visual clues").
+        standardize_image_embeds (`bool`, defaults to `False`):
+            Standardise each image embedding with the training images' per-dimension mean and standard deviation
+            (buffers `image_embeds_mean` / `image_embeds_std`, set by `set_image_statistics`) before the cosine to
+            the prompts. The paper scores CLIP's embeddings as they are; but a CLIP image tower fills a narrow cone
+            (random towers extremely so: cosines of 0.98 to 1.000 between any two images), where cosines to any
+            prompt barely differ between images and `p(P_i|I)` hardly depends on the image.
         max_span_length (`int`, defaults to 8):
             Longest span, in words, that the span classifier scores; Twitter-2015/2017's longest entities have
             8-9 words.
@@ -70,6 +81,8 @@ class PromptMNERConfig(RobertaConfig):
         num_prompts: int = 100,
         clip_embed_dim: int = 1024,
         clip_logit_scale: float = 100.0,
+        learnable_logit_scale: bool = False,
+        standardize_image_embeds: bool = False,
         max_span_length: int = 8,
         span_hidden_size: int = 1024,
         span_dropout: float = 0.5,
@@ -90,6 +103,8 @@ class PromptMNERConfig(RobertaConfig):
         self.num_prompts = num_prompts
         self.clip_embed_dim = clip_embed_dim
         self.clip_logit_scale = clip_logit_scale
+        self.learnable_logit_scale = learnable_logit_scale
+        self.standardize_image_embeds = standardize_image_embeds
         self.max_span_length = max_span_length
         self.span_hidden_size = span_hidden_size
         self.span_dropout = span_dropout
@@ -140,6 +155,9 @@ class PromptMNERConfig(RobertaConfig):
             raise ValueError(f"clip_logit_scale must be positive, got {self.clip_logit_scale!r}")
         if not 0.0 <= self.span_dropout < 1.0:
             raise ValueError(f"span_dropout must be in [0, 1), got {self.span_dropout!r}")
+        for field in ("learnable_logit_scale", "standardize_image_embeds"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"{field} must be a bool, got {getattr(self, field)!r}")
         if not isinstance(self.use_mas, bool):
             raise ValueError(f"use_mas must be a bool, got {self.use_mas!r}")
         if self.type_vocab_size < 2:

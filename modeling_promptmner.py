@@ -189,11 +189,43 @@ class PromptMNERVisualClues(nn.Module):
         else:
             self.register_buffer("prompt_embeds", prompt_embeds, persistent=True)
         self.logit_scale = config.clip_logit_scale
+        if config.learnable_logit_scale:  # log-parameterised, as CLIP learns its own; starts at CLIP's temperature
+            self.prompt_log_logit_scale = nn.Parameter(torch.tensor(math.log(config.clip_logit_scale)))
+        if config.standardize_image_embeds:  # the training images' statistics, set by `set_image_statistics`
+            self.register_buffer("image_embeds_mean", torch.zeros(config.clip_embed_dim), persistent=True)
+            self.register_buffer("image_embeds_std", torch.ones(config.clip_embed_dim), persistent=True)
         self.projection = nn.Linear(config.clip_embed_dim, config.hidden_size)
+
+    def current_logit_scale(self) -> torch.Tensor | float:
+        """The temperature `1/tau` in use: CLIP's fixed one, or the learned `exp(prompt_log_logit_scale)`."""
+        if hasattr(self, "prompt_log_logit_scale"):
+            return self.prompt_log_logit_scale.exp()
+        return self.logit_scale
+
+    @torch.no_grad()
+    def set_image_statistics(self, image_embeds: torch.Tensor) -> None:
+        """Store the per-dimension mean and standard deviation of `(N, D)` image embeddings (the training images')
+        for `standardize_image_embeds`."""
+        if not hasattr(self, "image_embeds_mean"):
+            raise ValueError("set_image_statistics needs a model configured with standardize_image_embeds=True")
+        image_embeds = torch.as_tensor(image_embeds, dtype=torch.float32)
+        if image_embeds.ndim != 2 or image_embeds.shape[1] != self.image_embeds_mean.shape[0] or len(image_embeds) < 2:
+            raise ValueError(
+                f"image_embeds must have shape (N >= 2, {self.image_embeds_mean.shape[0]}), got {tuple(image_embeds.shape)}"
+            )
+        self.image_embeds_mean.copy_(image_embeds.mean(dim=0))
+        self.image_embeds_std.copy_(image_embeds.std(dim=0).clamp_min(1e-6))
 
     def prompt_probabilities(self, image_embeds: torch.FloatTensor) -> torch.FloatTensor:
         """`p(P_i | I)` for each image: `(B, D)` image embeddings -> `(B, K)` probabilities."""
-        return prompt_softmax(image_embeds, self.prompt_embeds, self.logit_scale)  # (B, K)
+        return prompt_softmax(self.standardized(image_embeds), self.prompt_embeds, self.current_logit_scale())  # (B, K)
+
+    def standardized(self, image_embeds: torch.FloatTensor) -> torch.FloatTensor:
+        """`(B, D)` image embeddings as the prompts see them: standardised with `standardize_image_embeds`, else
+        unchanged."""
+        if not hasattr(self, "image_embeds_mean"):
+            return image_embeds
+        return (image_embeds - self.image_embeds_mean) / self.image_embeds_std  # (B, D)
 
     def forward(self, image_embeds: torch.FloatTensor) -> tuple[torch.FloatTensor, torch.FloatTensor]:
         probs = self.prompt_probabilities(image_embeds)  # (B, K)
@@ -449,6 +481,11 @@ class PromptMNERPreTrainedModel(PreTrainedModel):
         if isinstance(module, PromptMNERVisualClues):
             # Random prompts of about unit norm, like the CLIP text embeddings that discrete prompts hold.
             init.normal_(module.prompt_embeds, std=module.prompt_embeds.shape[-1] ** -0.5)
+            if hasattr(module, "prompt_log_logit_scale"):
+                init.constant_(module.prompt_log_logit_scale, math.log(module.logit_scale))
+            if hasattr(module, "image_embeds_mean"):
+                init.zeros_(module.image_embeds_mean)
+                init.ones_(module.image_embeds_std)
 
 
 class PromptMNERModel(PromptMNERPreTrainedModel):

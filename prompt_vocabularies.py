@@ -41,6 +41,7 @@ __all__ = [
     "VOCABULARIES",
     "explain",
     "initial_prompt_embeds",
+    "kmeans_prompt_embeds",
     "load_vocabulary",
     "load_vocabulary_embeds",
     "merge_vocabularies",
@@ -233,6 +234,44 @@ def initial_prompt_embeds(
         moved = repeats + jitter
         embeds[size:] = moved / moved.norm(dim=-1, keepdim=True).clamp_min(1e-12) * norms
     return embeds
+
+
+def kmeans_prompt_embeds(image_embeds: Any, num_prompts: int, generator: Any = None, iterations: int = 30):
+    """Initial continuous prompts at the spherical k-means centroids of a set of image embeddings `(N, D)`.
+
+    Random prompts start far from the cone that a CLIP image tower fills (even a pretrained one), so at CLIP's
+    temperature every image picks nearly the same prompt and the prompts' gradients through the softmax are small.
+    Centroids start where the images are: each image is closest to the centroid of its own cluster, and
+    `p(P_i|I)` differs between images from the first step. Clustering is by cosine (k-means++ seeding, then
+    `iterations` rounds of assigning each image to its most similar centroid and averaging); an empty cluster
+    keeps its centroid. Returns `(num_prompts, D)` float32 unit vectors.
+
+    Args:
+        image_embeds (`torch.Tensor` or array of shape `(N, D)`): e.g. the training images' CLIP embeddings.
+        num_prompts (`int`): number of centroids K; needs `K <= N`.
+        generator (`torch.Generator`, *optional*): seeds the k-means++ draws.
+        iterations (`int`): rounds of assignment and update.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or num_prompts < 1:
+        raise ValueError(f"num_prompts must be a positive integer, got {num_prompts!r}")
+    images = F.normalize(_as_matrix("image_embeds", image_embeds), dim=-1)  # (N, D)
+    if num_prompts > images.shape[0]:
+        raise ValueError(f"num_prompts={num_prompts} centroids need at least as many image_embeds, got {images.shape[0]}")
+    first = torch.randint(images.shape[0], (1,), generator=generator)
+    centroids = images[first]  # (1, D)
+    while centroids.shape[0] < num_prompts:  # k-means++: draw far images more often
+        distance = (1 - images @ centroids.T).min(dim=1).values.clamp_min(0)  # (N,)
+        weights = distance if distance.sum() > 0 else torch.ones_like(distance)
+        centroids = torch.cat([centroids, images[torch.multinomial(weights, 1, generator=generator)]])
+    for _ in range(iterations):
+        assignment = (images @ centroids.T).argmax(dim=1)  # (N,)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, images)  # (K, D)
+        filled = torch.bincount(assignment, minlength=num_prompts) > 0  # (K,)
+        centroids = torch.where(filled[:, None], F.normalize(sums, dim=-1), centroids)
+    return centroids.contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------------

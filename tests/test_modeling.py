@@ -394,6 +394,72 @@ def test_discrete_prompts_are_frozen_and_continuous_prompts_learn():
     assert grad is not None and grad.abs().sum() > 0
 
 
+def test_clue_path_options_are_off_by_default_and_keep_the_checkpoint_names():
+    """A default model has exactly the visual-clue tensors of the previous release; the options add their own."""
+    clue_names = lambda model: {n for n in model.state_dict() if ".visual_clues." in n}  # noqa: E731
+    assert clue_names(random_model()) == {
+        "promptmner.visual_clues.prompt_embeds",
+        "promptmner.visual_clues.projection.weight",
+        "promptmner.visual_clues.projection.bias",
+    }
+    both = random_model(learnable_logit_scale=True, standardize_image_embeds=True)
+    assert clue_names(both) - clue_names(random_model()) == {
+        "promptmner.visual_clues.prompt_log_logit_scale",
+        "promptmner.visual_clues.image_embeds_mean",
+        "promptmner.visual_clues.image_embeds_std",
+    }
+
+
+def test_learnable_temperature_starts_at_clips_learns_and_round_trips(tmp_path):
+    model = random_model(learnable_logit_scale=True, clip_logit_scale=50.0)
+    clues = model.promptmner.visual_clues
+    assert clues.current_logit_scale().item() == pytest.approx(50.0)
+    batch = collate([make_example(5, seed=2), make_example(3, seed=4)], images=[True, True])
+    image = batch["image_embeds"]
+    cosine = torch.nn.functional.cosine_similarity(image[:, None], clues.prompt_embeds[None], dim=-1)  # (B, K)
+    torch.testing.assert_close(clues.prompt_probabilities(image), (50.0 * cosine).softmax(-1), atol=1e-6, rtol=0)
+    batch["labels"] = torch.zeros(2, 5, 4, dtype=torch.long)
+    model.train()(**batch).loss.backward()
+    assert clues.prompt_log_logit_scale.grad is not None and clues.prompt_log_logit_scale.grad.abs() > 0
+
+    with torch.no_grad():
+        clues.prompt_log_logit_scale.fill_(math.log(7.0))
+    model.save_pretrained(tmp_path)
+    loaded = PromptMNERForSpanNER.from_pretrained(tmp_path).eval()
+    assert loaded.promptmner.visual_clues.current_logit_scale().item() == pytest.approx(7.0)
+    batch.pop("labels")
+    torch.testing.assert_close(loaded(**batch).logits, model.eval()(**batch).logits, atol=0, rtol=0)
+
+
+def test_standardized_image_embeddings_use_the_training_statistics_and_round_trip(tmp_path):
+    model = random_model(standardize_image_embeds=True)
+    clues = model.promptmner.visual_clues
+    generator = torch.Generator().manual_seed(0)
+    train_images = 3.0 + 0.1 * torch.randn(40, CLIP_DIM, generator=generator)  # a narrow cone, far from 0
+    image = train_images[:2]
+    before = clues.prompt_probabilities(image)  # statistics 0 / 1: the paper's probabilities
+    torch.testing.assert_close(before, random_model(seed=0).promptmner.visual_clues.prompt_probabilities(image))
+    clues.set_image_statistics(train_images)
+    standardized = (image - train_images.mean(0)) / train_images.std(0)
+    cosine = torch.nn.functional.cosine_similarity(standardized[:, None], clues.prompt_embeds[None], dim=-1)
+    torch.testing.assert_close(clues.prompt_probabilities(image), (model.config.clip_logit_scale * cosine).softmax(-1))
+    after = clues.prompt_probabilities(image)
+    assert (before[0] - before[1]).abs().max() < (after[0] - after[1]).abs().max()  # the cone hid the difference
+
+    model.save_pretrained(tmp_path)
+    loaded = PromptMNERForSpanNER.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded.promptmner.visual_clues.image_embeds_mean, train_images.mean(0), atol=0, rtol=0)
+    batch = collate([make_example(5, seed=2), make_example(3, seed=4)], images=[True, True])
+    torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=0, rtol=0)
+
+
+def test_image_statistics_need_the_option_and_a_matching_shape():
+    with pytest.raises(ValueError, match="standardize_image_embeds"):
+        random_model().promptmner.visual_clues.set_image_statistics(torch.randn(4, CLIP_DIM))
+    with pytest.raises(ValueError, match="image_embeds must have shape"):
+        random_model(standardize_image_embeds=True).promptmner.visual_clues.set_image_statistics(torch.randn(4, 3))
+
+
 # --- span head -----------------------------------------------------------------------------------------------
 
 
@@ -491,6 +557,8 @@ def test_base_model_loads_from_task_checkpoint(tmp_path):
         ("clip_logit_scale", -1.0),
         ("type_vocab_size", 1),
         ("use_mas", "yes"),
+        ("learnable_logit_scale", 1),
+        ("standardize_image_embeds", "yes"),
     ],
 )
 def test_invalid_config_names_the_field(field, value):

@@ -323,6 +323,29 @@ def test_continuous_init_from_a_vocabulary():
     torch.testing.assert_close(pv.initial_prompt_embeds(3, vocab), vocab[:3], atol=0, rtol=0)
 
 
+def test_continuous_init_at_kmeans_centroids_finds_the_image_clusters():
+    """Three tight clusters of image directions in a narrow cone: the centroids are unit vectors, one per cluster,
+    at the cluster's mean direction, so each image is most similar to its own cluster's prompt."""
+    generator = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(3, 32, generator=generator), dim=-1)
+    labels = torch.arange(60) % 3
+    images = centres[labels] + 0.05 * torch.randn(60, 32, generator=generator)  # (60, 32)
+    images = 5.0 * F.normalize(images, dim=-1)  # only directions count
+    centroids = pv.kmeans_prompt_embeds(images, 3, torch.Generator().manual_seed(1))
+    assert centroids.shape == (3, 32)
+    torch.testing.assert_close(centroids.norm(dim=-1), torch.ones(3))
+    nearest = (F.normalize(images, dim=-1) @ centroids.T).argmax(dim=1)  # (60,)
+    for cluster in range(3):  # one centroid per cluster, near its true direction
+        assert nearest[labels == cluster].unique().numel() == 1
+        assert (centres[cluster] @ centroids[nearest[labels == cluster][0]]) > 0.99
+    again = pv.kmeans_prompt_embeds(images, 3, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(centroids, again, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="num_prompts=61"):
+        pv.kmeans_prompt_embeds(images, 61)
+    with pytest.raises(ValueError, match="image_embeds"):
+        pv.kmeans_prompt_embeds(torch.zeros(2, 3, 4), 1)
+
+
 def test_continuous_init_at_random():
     first = pv.initial_prompt_embeds(30, generator=torch.Generator().manual_seed(3), embed_dim=32)
     second = pv.initial_prompt_embeds(30, generator=torch.Generator().manual_seed(3), embed_dim=32)
