@@ -252,6 +252,7 @@ DEMO_CLIP_CONFIG = {
 DEMO_ARGUMENTS = {
     "demo": True,
     "output_dir": "outputs/demo",
+    "overwrite_output_dir": True,  # the demo replaces its previous run: `accelerate launch run_mner.py` twice works
     "prompts": "continuous",
     "num_prompts": 16,
     "num_train_epochs": 8,

@@ -3,10 +3,13 @@
 - Backbone conversion: a new [`PromptMNERForSpanNER`] from a pretrained BERT-family text encoder
   ([`model_from_backbone`]): embeddings and layers copied, the three extra MAS queries started as copies of the
   pretrained `query`, BERT-style position tables shifted to RoBERTa-style ids.
-- [`RunArguments`]: the validated settings of one run.
-- Image embeddings computed once with the frozen CLIP and cached on disk ([`add_image_embeddings`]), the batch
-  collator, the optimizer ([`create_optimizer`]), evaluation, checkpoints (save / latest / load), the model
-  folder, `all_results.json`, the results table and the model card.
+- [`RunArguments`]: the validated settings of one run; [`check_run_inputs`]: the files and folders it reads and
+  writes (data files, backbone, checkpoint, output folder), checked before any data work.
+- Image embeddings computed once with the frozen CLIP and cached on disk ([`add_image_embeddings`]: embeddings
+  only, joined to freshly read text), the batch collator, the optimizer ([`create_optimizer`]), evaluation,
+  checkpoints tied to their run's arguments (save / latest / check / load), the model folder (replaced whole),
+  `all_results.json`, the results table and the model card.
+- A test hook, [`kill_point`]: `$PROMPTMNER_TEST_KILL_AT` makes a run SIGKILL itself at a named point.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
+import signal
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
 import torch
 from accelerate import Accelerator
-from transformers import AutoModel
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, AutoModel
 from transformers.utils import logging
 
 from clip_promptmner import embed_present
@@ -256,6 +264,7 @@ class RunArguments:
     seed: int = 42
     # output
     output_dir: str = "outputs/promptmner"
+    overwrite_output_dir: bool = False
     checkpointing_steps: str | None = None
     resume_from_checkpoint: str | None = None
     with_tracking: bool = False
@@ -264,6 +273,26 @@ class RunArguments:
     hub_token: str | None = None
 
     def __post_init__(self):
+        self.check_sources()
+        self.check_counts()
+        self.check_rates()
+        if self.checkpointing_steps not in (None, "epoch"):
+            if not str(self.checkpointing_steps).isdigit() or int(self.checkpointing_steps) < 1:
+                raise ValueError(
+                    f"--checkpointing_steps must be a positive integer or 'epoch', got {self.checkpointing_steps!r}"
+                )
+        if self.prompt_init not in ("random", "vocabulary"):
+            raise ValueError(f"--prompt_init must be 'random' or 'vocabulary', got {self.prompt_init!r}")
+        if self.resume_from_checkpoint == "":
+            raise ValueError("--resume_from_checkpoint must be a checkpoint folder or 'latest', got ''")
+        if not isinstance(self.prompt_vocabulary, list):
+            default = self.prompts if self.prompts != "continuous" else "task_labels+kb+expert"
+            self.prompt_vocabulary = load_vocabulary(self.prompt_vocabulary or default)  # names a bad name/file:line
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id")
+
+    def check_sources(self) -> None:
+        """Exactly one data source."""
         sources = [name for name in ("dataset", "train_file", "hf_dataset") if getattr(self, name)]
         if not self.demo and not sources:
             raise ValueError(
@@ -273,41 +302,190 @@ class RunArguments:
             raise ValueError(f"{' and '.join('--' + name for name in sources)} are exclusive")
         if self.dataset is not None and self.dataset not in TWITTER_TEXT_SOURCES:
             raise ValueError(f"--dataset must be one of {sorted(TWITTER_TEXT_SOURCES)}, got {self.dataset!r}")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs", "num_prompts"):
+
+    def check_counts(self) -> None:
+        """Sizes, counts and the seed: positive integers (the seed: any non-negative 32-bit integer)."""
+        positive = (
+            "per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs", "num_prompts",
+            "gradient_accumulation_steps", "image_batch_size", "max_span_length", "max_length",
+        )  # fmt: skip
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "head_learning_rate"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
+        for name in ("max_train_steps", "max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1 (or left out), got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be in [0, 2**32), got {self.seed}")
+
+    def check_rates(self) -> None:
+        """Learning rates, warmup, dropout, decay and clipping in their ranges."""
+        for name in ("learning_rate", "head_learning_rate", "max_grad_norm"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.checkpointing_steps not in (None, "epoch") and not str(self.checkpointing_steps).isdigit():
-            raise ValueError(f"--checkpointing_steps must be an integer or 'epoch', got {self.checkpointing_steps!r}")
-        if self.prompt_init not in ("random", "vocabulary"):
-            raise ValueError(f"--prompt_init must be 'random' or 'vocabulary', got {self.prompt_init!r}")
-        if not isinstance(self.prompt_vocabulary, list):
-            default = self.prompts if self.prompts != "continuous" else "task_labels+kb+expert"
-            self.prompt_vocabulary = load_vocabulary(self.prompt_vocabulary or default)  # names a bad name/file:line
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id")
+        if not 0 <= self.span_dropout < 1:
+            raise ValueError(f"--span_dropout must be in [0, 1), got {self.span_dropout}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+
+    def num_visual_tokens(self) -> int:
+        """Tokens the visual clues add after the text: the prompts and their closing separator (0: text-only)."""
+        if self.text_only:
+            return 0
+        return (self.num_prompts if self.prompts == "continuous" else len(self.prompt_vocabulary)) + 1
+
+
+# --- the files and folders of a run, checked before any data work -------------------------------------------
+
+# A backbone folder needs one of these to build its tokenizer (fast tokenizer, WordPiece, byte-level BPE,
+# SentencePiece or BERTweet's BPE codes); without any, transformers would fall back to a misleading message.
+BACKBONE_TOKENIZER_FILES = (
+    "tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
+    "bpe.codes",
+)  # fmt: skip
+
+
+def is_local_path(name: str) -> bool:
+    """Whether `name` can only be a local path (not a Hub id `name` or `org/name`)."""
+    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_data_files(args: RunArguments) -> None:
+    """The CoNLL files exist and are not empty; `--train_file` comes with `--validation_file`; the image folder
+    exists; the CLIP config file is a JSON object."""
+    if args.train_file and not args.validation_file:
+        raise ValueError("--train_file needs --validation_file: the model is evaluated on dev after every epoch")
+    for name in ("train_file", "validation_file", "test_file"):
+        path = getattr(args, name)
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise ValueError(f"--{name} {path}: no such file")
+        if Path(path).stat().st_size == 0:
+            raise ValueError(f"--{name} {path}: the file is empty")
+    if args.image_dir is not None and not Path(args.image_dir).is_dir():
+        raise ValueError(f"--image_dir {args.image_dir}: no such folder")
+    if args.hf_dataset and is_local_path(args.hf_dataset) and not Path(args.hf_dataset).is_dir():
+        raise ValueError(f"--hf_dataset {args.hf_dataset}: no such folder")
+    if args.clip_config is not None:
+        config = read_json_record(Path(args.clip_config), "an open_clip model config (--clip_config)")
+        if "vision_cfg" not in config or "embed_dim" not in config:
+            raise ValueError(f"--clip_config {args.clip_config}: not an open_clip model config (no vision_cfg)")
+
+
+def check_backbone(args: RunArguments) -> None:
+    """`--model_name_or_path`: a folder with `config.json` and tokenizer files (or a Hub id), a supported model
+    type, and enough positions for `--max_length` text tokens plus the visual clue tokens."""
+    name = args.model_name_or_path
+    if is_local_path(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"--model_name_or_path {name}: no such folder")
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"--model_name_or_path {name}: the folder has no config.json")
+        if not any((folder / file).is_file() for file in BACKBONE_TOKENIZER_FILES):
+            raise ValueError(
+                f"--model_name_or_path {name}: the folder has no tokenizer files (one of "
+                f"{', '.join(BACKBONE_TOKENIZER_FILES)})"
+            )
+    try:
+        config = AutoConfig.from_pretrained(name)
+        offset = backbone_position_offset(config)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--model_name_or_path {name}: {err}") from err
+    capacity = config.max_position_embeddings + offset - config.pad_token_id - 1  # positions after the padding id
+    needed = args.max_length + args.num_visual_tokens()
+    if needed > capacity:
+        raise ValueError(
+            f"--max_length {args.max_length} plus {args.num_visual_tokens()} visual clue tokens need {needed} "
+            f"positions, but the backbone {name} has {capacity}: use --max_length "
+            f"{capacity - args.num_visual_tokens()} or less"
+        )
+
+
+def resolve_checkpoint(args: RunArguments) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names (`latest`: the newest of the output folder), or None."""
+    if args.resume_from_checkpoint == "latest":
+        return latest_checkpoint(Path(args.output_dir) / TRAINING_STATE_DIR)
+    return args.resume_from_checkpoint
+
+
+def check_output_dir(args: RunArguments, checkpoint: str | None) -> None:
+    """An output folder that holds anything is only written into with `--overwrite_output_dir` or to resume one
+    of its checkpoints (transformers' convention)."""
+    output = Path(args.output_dir)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output_dir {output}: exists and is not a folder")
+    if args.overwrite_output_dir or checkpoint is not None or not output.is_dir() or not any(output.iterdir()):
+        return
+    resume = " and no checkpoint to resume from" if args.resume_from_checkpoint else ""
+    raise ValueError(
+        f"--output_dir {output}: the folder is not empty{resume}; use --overwrite_output_dir to replace its "
+        "run, --resume_from_checkpoint latest to continue it, or another --output_dir"
+    )
+
+
+def check_run_inputs(args: RunArguments) -> None:
+    """Everything a run reads or writes, checked before any data work: data files, image folder, CLIP config,
+    backbone, the checkpoint to resume from (tied to these arguments) and the output folder."""
+    check_data_files(args)
+    check_backbone(args)
+    checkpoint = resolve_checkpoint(args)
+    if checkpoint is not None:
+        check_checkpoint(checkpoint, run_signature(args))
+    check_output_dir(args, checkpoint)
+
+
+def clear_previous_run(args: RunArguments) -> None:
+    """With `--overwrite_output_dir` (and nothing to resume), delete the training state of the run the folder
+    held (checkpoints, best-dev model, logs), so that no later `--resume_from_checkpoint latest` picks it up. Its
+    model files stay until the new run's replace them."""
+    state_dir = Path(args.output_dir) / TRAINING_STATE_DIR
+    if args.overwrite_output_dir and resolve_checkpoint(args) is None and state_dir.exists():
+        logger.warning("--overwrite_output_dir: deleting the previous run's training state %s", state_dir)
+        shutil.rmtree(state_dir)
 
 
 # --- image embeddings: computed once with CLIP, cached on disk ----------------------------------------------
 
 
-def embedding_fingerprint(dataset: datasets.Dataset, processor) -> str:
-    """A hash of everything the image embeddings depend on: CLIP weights, preprocessing and the image files."""
+def clip_fingerprint(processor) -> str:
+    """A hash of what turns an image into an embedding: the CLIP image tower's weights and the preprocessing."""
     digest = hashlib.sha256()
     for name, tensor in sorted(processor.clip_vision.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     digest.update(json.dumps([processor.image_size, processor.image_mean, processor.image_std,
                               processor.image_interpolation, processor.image_resize_mode]).encode())  # fmt: skip
-    for image in dataset["image"] if "image" in dataset.column_names else ():  # images stored in the dataset
-        digest.update(image["bytes"] if image and image.get("bytes") else str(image).encode())
-    for path in dataset["image_path"]:
-        stat = os.stat(path) if path and os.path.isfile(path) else None
-        digest.update(f"{path}|{stat.st_size if stat else -1}|{stat.st_mtime_ns if stat else -1}".encode())
+    return digest.hexdigest()
+
+
+def image_source_digest(path: str | None, stored: dict | None) -> bytes:
+    """What one example's image is: the sha256 of its bytes (stored in the dataset, or its file's) and its path.
+
+    A missing or unreadable file gets its own marker, so the example's text-only path is cached too.
+    """
+    if stored is not None:
+        content = stored.get("bytes") or str(stored).encode()
+        return b"stored|" + hashlib.sha256(content).digest()
+    if path is None:
+        return b"none"
+    try:
+        with open(path, "rb") as handle:
+            return f"file|{path}|".encode() + hashlib.file_digest(handle, "sha256").digest()
+    except OSError as err:  # the example takes the text-only path; its error is what gets cached
+        return f"unreadable|{path}|{type(err).__name__}".encode()
+
+
+def embedding_fingerprint(images: datasets.Dataset, processor) -> str:
+    """A hash of everything a table of image embeddings depends on: the CLIP weights, the preprocessing and the
+    content of each row's image, in order (`images`: the `image_path` and optional `image` columns)."""
+    digest = hashlib.sha256(clip_fingerprint(processor).encode())
+    stored = images["image"] if "image" in images.column_names else [None] * len(images)
+    for path, image in zip(images["image_path"], stored):
+        digest.update(image_source_digest(path, image))
     return digest.hexdigest()[:32]
 
 
@@ -343,7 +521,12 @@ def add_image_embeddings(
     raw: datasets.DatasetDict, processor, cache_dir: str | os.PathLike, batch_size: int = 64
 ) -> tuple[datasets.DatasetDict, dict]:
     """
-    Encode every split's images once with CLIP and cache them on disk, keyed by [`embedding_fingerprint`].
+    Encode every split's images once with CLIP and cache the embeddings on disk, keyed by
+    [`embedding_fingerprint`] (CLIP weights, preprocessing, image contents).
+
+    Only the embeddings are cached: the cached table holds `image_embeds`, `has_image` and `image_error` and
+    nothing else, and is joined row by row to the text just read, so an edited text file is never answered with
+    the tokens or tags of an earlier run.
 
     Args:
         raw (`datasets.DatasetDict`): splits in `mner_data`'s schema (`image_path`, optionally `image`).
@@ -363,16 +546,19 @@ def add_image_embeddings(
     for split, dataset in raw.items():
         if "image" in dataset.column_names:  # images stored in the dataset: read their bytes, decode on demand
             dataset = dataset.cast_column("image", datasets.Image(decode=False))
-        fingerprint = embedding_fingerprint(dataset, processor)
-        out[split] = dataset.map(
+        images = dataset.select_columns([name for name in ("image_path", "image") if name in dataset.column_names])
+        fingerprint = embedding_fingerprint(images, processor)
+        embeddings = images.map(
             image_embedding_function(processor, counter),
             batched=True,
             batch_size=batch_size,
+            remove_columns=images.column_names,
             cache_file_name=str(cache_dir / f"image-embeds-{fingerprint}.arrow"),
             new_fingerprint=fingerprint,
             load_from_cache_file=True,
             desc=f"CLIP image embeddings ({split})",
         )
+        out[split] = datasets.concatenate_datasets([dataset, embeddings], axis=1)
     return out, counter
 
 
@@ -459,59 +645,163 @@ def evaluate(model, dataloader, accelerator: Accelerator, processor, gold_tags: 
 
 TRAINING_STATE_DIR = "training"  # checkpoints, best-dev model and logs; never pushed to the Hub
 
+# Test hook: a process whose environment sets this variable to a kill point's name SIGKILLs itself when it gets
+# there, so that tests can interrupt a real run at a precise point. Points: `after_step:<n>` (after optimizer step
+# n and its checkpoint), `evaluation:<epoch>` (the epoch's dev evaluation has run, its result is not recorded),
+# `best_model_save:<epoch>` (the new best-dev folder is written, not yet in place). Unset, it costs one lookup.
+KILL_POINT_ENV = "PROMPTMNER_TEST_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    """Test hook: SIGKILL this process when `$PROMPTMNER_TEST_KILL_AT` equals `name` (see `KILL_POINT_ENV`)."""
+    if name and os.environ.get(KILL_POINT_ENV) == name:
+        print(f"{KILL_POINT_ENV}={name}: SIGKILL", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 def new_progress() -> dict:
     """The progress record of a run that starts from scratch."""
     return {"step": 0, "step_losses": [], "best_f1": -1.0, "best_epoch": None, "history": []}
 
 
-def checkpoint_step(checkpoint: str) -> int:
+# Settings that may change between a run and its resumption: where things go, how often state is saved, how
+# results are reported. Every other `RunArguments` field must be what the checkpoint was taken with.
+RESUME_INDEPENDENT_ARGUMENTS = (
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "checkpointing_steps", "cache_dir",
+    "image_batch_size", "per_device_eval_batch_size", "with_tracking", "push_to_hub", "hub_model_id", "hub_token",
+)  # fmt: skip
+CHECKPOINT_NAME = re.compile(r"step_(\d+)")
+
+
+def run_signature(args: RunArguments) -> dict:
+    """The training arguments a checkpoint is tied to (JSON values): all but `RESUME_INDEPENDENT_ARGUMENTS`."""
+    settings = {k: v for k, v in asdict(args).items() if k not in RESUME_INDEPENDENT_ARGUMENTS}
+    return json.loads(json.dumps(settings))
+
+
+def checkpoint_step(checkpoint: str | os.PathLike) -> int:
     """`.../step_120` -> 120 (the optimizer step the checkpoint was taken after)."""
-    return int(Path(checkpoint).name.split("_")[-1])
+    return int(CHECKPOINT_NAME.fullmatch(Path(checkpoint).name).group(1))
 
 
 def latest_checkpoint(state_dir: Path) -> str | None:
-    """The complete checkpoint of `state_dir` with the highest step, or None."""
-    candidates = [p for p in state_dir.glob("checkpoints/step_*") if not p.name.endswith(".partial")]
-    candidates.sort(key=lambda p: checkpoint_step(str(p)))
+    """The complete checkpoint of `state_dir` with the highest step, or None (`.partial` / `.old` folders of an
+    interrupted save are not checkpoints)."""
+    candidates = [p for p in state_dir.glob("checkpoints/step_*") if CHECKPOINT_NAME.fullmatch(p.name)]
+    candidates.sort(key=checkpoint_step)
     return str(candidates[-1]) if candidates else None
 
 
-def save_checkpoint(accelerator: Accelerator, state_dir: Path, step: int, progress: dict) -> None:
-    """Accelerate state (model, optimizer, scheduler, RNGs, sampler) plus the best-dev bookkeeping.
+def write_json(path: Path, value) -> None:
+    """Write a JSON file atomically: a temporary file next to it, then renamed over it."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2))
+    os.replace(partial, path)
 
-    Written to a temporary folder and renamed, so a run killed while saving never leaves a partial checkpoint.
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the complete folder `new` at `target`; an existing `target` is moved aside first and removed last."""
+    old = target.with_name(target.name + ".old")
+    if old.exists():  # left by a run killed between the two renames below
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_checkpoint(accelerator: Accelerator, state_dir: Path, step: int, progress: dict, signature: dict) -> None:
+    """Accelerate state (model, optimizer, scheduler, RNGs, sampler), the best-dev bookkeeping (`progress.json`)
+    and the run's training arguments (`run_arguments.json`, see [`run_signature`]).
+
+    Written to a temporary folder that then replaces `step_<step>` (an existing one too: a resumed run saves its
+    steps again), so a run killed while saving never leaves a partial checkpoint.
     """
     folder = state_dir / "checkpoints" / f"step_{step}"
     partial = folder.with_name(folder.name + ".partial")
+    if accelerator.is_main_process and partial.exists():  # the leftovers of a run killed while saving
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
-        (partial / "progress.json").write_text(json.dumps(progress, indent=2))
-        partial.rename(folder)
+        write_json(partial / "progress.json", progress)
+        write_json(partial / "run_arguments.json", signature)
+        replace_folder(partial, folder)
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> dict:
-    """Restore the Accelerate state of a [`save_checkpoint`] folder; returns its progress record."""
-    if not (Path(checkpoint) / "progress.json").is_file():
-        raise ValueError(f"--resume_from_checkpoint {checkpoint}: not a run_mner checkpoint (no progress.json)")
-    accelerator.load_state(str(checkpoint))
-    return json.loads((Path(checkpoint) / "progress.json").read_text())
+def read_json_record(path: Path, what: str) -> dict:
+    """A JSON object from `path`, or a `ValueError` naming the file and `what` it should be."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ValueError(f"{path}: missing ({what})") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable, expected {what} ({type(err).__name__}: {err})") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: {what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def check_checkpoint(checkpoint: str | os.PathLike, signature: dict) -> dict:
+    """The progress record of a [`save_checkpoint`] folder, after checking that it is one and that it was taken
+    with the training arguments `signature`; a `ValueError` names the file or the arguments that differ."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: no such folder")
+    progress = read_json_record(checkpoint / "progress.json", "the checkpoint's progress record")
+    missing = {"step", "step_losses", "best_f1", "best_epoch", "history"} - set(progress)
+    if missing:
+        raise ValueError(f"{checkpoint / 'progress.json'}: not a run_mner progress record (no {sorted(missing)})")
+    for weights in sorted(checkpoint.glob("*.safetensors")):
+        try:
+            safe_open(str(weights), framework="pt").keys()
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{weights}: unreadable checkpoint weights ({type(err).__name__}: {err})") from err
+    saved = read_json_record(checkpoint / "run_arguments.json", "the training arguments of the checkpoint's run")
+    differ = sorted(name for name in saved.keys() | signature.keys() if saved.get(name) != signature.get(name))
+    if differ:
+        listed = "; ".join(f"--{name} {signature.get(name)!r} (checkpoint: {saved.get(name)!r})" for name in differ)
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: it belongs to a run with other training arguments: {listed}. "
+            "Resume with the checkpoint's arguments, or start afresh with --overwrite_output_dir"
+        )
+    return progress
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike, signature: dict) -> dict:
+    """Restore the Accelerate state of a [`save_checkpoint`] folder (checked by [`check_checkpoint`]); returns
+    its progress record. A damaged state file raises a `ValueError` naming the checkpoint."""
+    progress = check_checkpoint(checkpoint, signature)
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as err:  # safetensors, torch.load and accelerate each raise their own types: name the folder
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: the saved training state cannot be restored "
+                         f"({type(err).__name__}: {err})") from err  # fmt: skip
+    return progress
 
 
 # --- the model folder ----------------------------------------------------------------------------------------
 
 
-def save_model_folder(accelerator: Accelerator, model, processor, folder: Path) -> None:
+def save_model_folder(accelerator: Accelerator, model, processor, folder: Path, kill_point_name: str = "") -> None:
     """Model, processor, `custom_pipelines` and their remote code in one folder, written by the main process.
 
     transformers' `Pipeline.save_pretrained` is what writes `custom_pipelines` into `config.json` and copies the
-    pipeline's code; the pipeline is built on the model's own device.
+    pipeline's code; the pipeline is built on the model's own device. The folder is written as `<folder>.partial`
+    and then replaces `folder`, so a run killed while saving leaves the previous folder whole.
+    `kill_point_name` names the [`kill_point`] between the two.
     """
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        partial = folder.with_name(folder.name + ".partial")
+        if partial.exists():  # the leftovers of a run killed while saving
+            shutil.rmtree(partial)
         model = accelerator.unwrap_model(model)
-        MultimodalNERPipeline(model=model, processor=processor, device=model.device).save_pretrained(folder)
+        MultimodalNERPipeline(model=model, processor=processor, device=model.device).save_pretrained(partial)
+        kill_point(kill_point_name)
+        replace_folder(partial, folder)
     accelerator.wait_for_everyone()
 
 

@@ -42,19 +42,24 @@ from mner_training import (
     MNERCollator,
     RunArguments,
     add_image_embeddings,
+    check_run_inputs,
+    clear_previous_run,
     create_optimizer,
     evaluate,
     fmt_prf,
     image_report,
-    latest_checkpoint,
+    kill_point,
     load_checkpoint,
     model_card,
     model_from_backbone,
     new_progress,
     push_folder,
+    resolve_checkpoint,
     results_table,
+    run_signature,
     save_checkpoint,
     save_model_folder,
+    write_json,
     write_results,
 )
 from modeling_promptmner import PromptMNERForSpanNER
@@ -144,6 +149,11 @@ def parse_args(argv: list[str] | None = None) -> RunArguments:
 
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", help="becomes a complete Hub repository")
+    output.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="replace the run a non-empty --output_dir holds (its checkpoints and training state are deleted)",
+    )
     output.add_argument("--checkpointing_steps", help="save state every N steps, or 'epoch'")
     output.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
     output.add_argument("--with_tracking", action="store_true", help="log to tensorboard")
@@ -245,22 +255,22 @@ def build_model(args: RunArguments, processor: PromptMNERProcessor) -> PromptMNE
 # --- training ------------------------------------------------------------------------------------------------
 
 
-def resume_progress(args: RunArguments, accelerator: Accelerator, state_dir: Path) -> dict:
+def resume_progress(args: RunArguments, accelerator: Accelerator) -> dict:
     """A fresh progress record, or the one of the checkpoint to resume from (after loading its state)."""
-    latest = args.resume_from_checkpoint == "latest"
-    checkpoint = latest_checkpoint(state_dir) if latest else args.resume_from_checkpoint
-    if not checkpoint:
-        if latest:
-            accelerator.print(f"No checkpoint in {state_dir / 'checkpoints'}: starting from scratch")
+    checkpoint = resolve_checkpoint(args)
+    if checkpoint is None:
+        if args.resume_from_checkpoint:
+            accelerator.print(f"No checkpoint in {Path(args.output_dir) / TRAINING_STATE_DIR}: starting from scratch")
         return new_progress()
     accelerator.print(f"Resuming from {checkpoint}")
-    return load_checkpoint(accelerator, checkpoint)
+    return load_checkpoint(accelerator, checkpoint, run_signature(args))
 
 
 def end_of_epoch(args, accelerator, model, processor, dev_loader, dev_tags, epoch, epoch_losses, progress) -> None:
     """Dev evaluation, logging, and the best-dev model kept on disk."""
     state_dir = Path(args.output_dir) / TRAINING_STATE_DIR
     dev = evaluate(model, dev_loader, accelerator, processor, dev_tags)
+    kill_point(f"evaluation:{epoch}")
     mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
     progress["history"].append({"epoch": epoch, "train_loss": mean_loss, "dev_f1": dev["f1"]})
     accelerator.print(f"epoch {epoch}: train loss {mean_loss:.4f}, dev P/R/F1 {fmt_prf(dev)}")
@@ -269,13 +279,51 @@ def end_of_epoch(args, accelerator, model, processor, dev_loader, dev_tags, epoc
         accelerator.log(dev_log, step=progress["step"])
     if dev["f1"] > progress["best_f1"]:
         progress.update(best_f1=dev["f1"], best_epoch=epoch)
-        save_model_folder(accelerator, model, processor, state_dir / "best_model")
+        save_model_folder(accelerator, model, processor, state_dir / "best_model", f"best_model_save:{epoch}")
     if accelerator.is_main_process:
-        (state_dir / "best_model" / "progress.json").write_text(json.dumps(progress, indent=2))
+        write_json(state_dir / "best_model" / "progress.json", progress)
+
+
+def train_epoch(args, accelerator, model, optimizer, scheduler, train_loader, progress, skip, max_steps, bar) -> None:
+    """Optimizer steps over one epoch's batches after the first `skip` (taken before a resume), up to `max_steps`;
+    each step's loss goes to `progress` and the progress `bar`; checkpoints every `--checkpointing_steps`."""
+    state_dir = Path(args.output_dir) / TRAINING_STATE_DIR
+    loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+    window = []  # the micro-batch losses of the current optimizer step
+    for batch in loader:
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        window.append(loss.detach())
+        if not accelerator.sync_gradients:
+            continue
+        step_loss = accelerator.gather(torch.stack(window).mean()).mean().item()
+        window = []
+        progress["step"] += 1
+        progress["step_losses"].append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if args.with_tracking:
+            accelerator.log({"train_loss": step_loss, "lr": scheduler.get_last_lr()[0]}, step=progress["step"])
+        if args.checkpointing_steps and args.checkpointing_steps.isdigit():
+            if progress["step"] % int(args.checkpointing_steps) == 0:
+                save_checkpoint(accelerator, state_dir, progress["step"], progress, run_signature(args))
+        kill_point(f"after_step:{progress['step']}")
+        if progress["step"] >= max_steps:
+            break
 
 
 def train(args: RunArguments, accelerator, model, processor, data, collator) -> dict:
-    """The training loop: dev evaluation every epoch, the best-dev model kept; returns the progress record."""
+    """The training loop: dev evaluation every epoch, the best-dev model kept; returns the progress record.
+
+    A resumed run starts at the first epoch without a dev evaluation in its progress record: it first finishes
+    that epoch's steps (none, when the checkpoint was taken at its last step), then evaluates it.
+    """
     state_dir = Path(args.output_dir) / TRAINING_STATE_DIR
     generator = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(
@@ -287,6 +335,7 @@ def train(args: RunArguments, accelerator, model, processor, data, collator) -> 
     )
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
     scheduler = get_scheduler(
         args.lr_scheduler_type,
         optimizer=optimizer,
@@ -296,49 +345,24 @@ def train(args: RunArguments, accelerator, model, processor, data, collator) -> 
     model, optimizer, train_loader, dev_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, dev_loader, scheduler
     )
-    progress = resume_progress(args, accelerator, state_dir)
-    start_epoch, skip_batches = divmod(progress["step"] * args.gradient_accumulation_steps, len(train_loader))
+    progress = resume_progress(args, accelerator)
     accelerator.print(
-        f"Training: {len(data['train'])} examples, {math.ceil(max_steps / steps_per_epoch)} epochs, {max_steps} "
-        f"optimizer steps, global batch "
+        f"Training: {len(data['train'])} examples, {num_epochs} epochs, {max_steps} optimizer steps, global batch "
         f"{args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps}"
     )
     dev_tags = data["validation"]["tags"]
     bar = tqdm(total=max_steps, initial=progress["step"], disable=not accelerator.is_local_main_process, desc="train")
-    for epoch in range(start_epoch, math.ceil(max_steps / steps_per_epoch)):
-        model.train()
-        train_loader.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_loader, skip_batches) if epoch == start_epoch else train_loader
-        window = []  # the micro-batch losses of the current optimizer step
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            window.append(loss.detach())
-            if not accelerator.sync_gradients:
-                continue
-            step_loss = accelerator.gather(torch.stack(window).mean()).mean().item()
-            window = []
-            progress["step"] += 1
-            progress["step_losses"].append(step_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-            if args.with_tracking:
-                accelerator.log({"train_loss": step_loss, "lr": scheduler.get_last_lr()[0]}, step=progress["step"])
-            if args.checkpointing_steps and args.checkpointing_steps.isdigit():
-                if progress["step"] % int(args.checkpointing_steps) == 0:
-                    save_checkpoint(accelerator, state_dir, progress["step"], progress)
-            if progress["step"] >= max_steps:
-                break
+    for epoch in range(len(progress["history"]), num_epochs):
+        done = progress["step"] - epoch * steps_per_epoch  # this epoch's optimizer steps taken before a resume
+        if done < steps_per_epoch and progress["step"] < max_steps:
+            model.train()
+            train_loader.set_epoch(epoch)
+            skip = done * args.gradient_accumulation_steps
+            train_epoch(args, accelerator, model, optimizer, scheduler, train_loader, progress, skip, max_steps, bar)
         epoch_losses = progress["step_losses"][epoch * steps_per_epoch : progress["step"]]
         end_of_epoch(args, accelerator, model, processor, dev_loader, dev_tags, epoch, epoch_losses, progress)
         if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, state_dir, progress["step"], progress)
+            save_checkpoint(accelerator, state_dir, progress["step"], progress, run_signature(args))
         if progress["step"] >= max_steps:
             break
     bar.close()
@@ -437,8 +461,22 @@ def has_accelerator_device() -> bool:
     return torch.cuda.is_available() or is_mps_available() or is_xpu_available() or is_npu_available()
 
 
+def checked_args(argv: list[str] | None = None) -> RunArguments:
+    """The run's arguments, with every file and folder it will read or write checked before any data work. A
+    bad value ends the script with its message (exit status 2, as argparse does), no traceback."""
+    try:
+        args = parse_args(argv)
+        if args.demo:
+            args.model_name_or_path = mner_demo.demo_backbone()
+        check_run_inputs(args)
+    except ValueError as err:
+        print(f"run_mner.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return args
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    args = checked_args(argv)
     accelerator = Accelerator(
         cpu=not has_accelerator_device(),  # lets `accelerate launch --multi_gpu` run gloo DDP on CPU-only machines
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -450,11 +488,13 @@ def main(argv: list[str] | None = None) -> dict:
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
+    if accelerator.is_main_process:
+        clear_previous_run(args)
+    accelerator.wait_for_everyone()
     if args.with_tracking:
         tracked = {k: v for k, v in dataclasses.asdict(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("promptmner", tracked)
     if args.demo:
-        args.model_name_or_path = mner_demo.demo_backbone()
         accelerator.print(mner_demo.DEMO_CORPUS_NOTE)
     summary = run(args, accelerator)
     if args.demo and not args.text_only:

@@ -3,10 +3,9 @@ mner_training.py it runs on."""
 
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +89,7 @@ def run_args(twitter_slice, tiny_backbone, clip_config_file, output_dir, *extra)
         "--clip_config", str(clip_config_file),
         "--num_prompts", "4",
         "--max_span_length", "4",
+        "--max_length", "64",
         "--num_train_epochs", "2",
         "--per_device_train_batch_size", "8",
         "--learning_rate", "5e-4",
@@ -117,27 +117,188 @@ def launch(args: list[str], cwd: Path, num_processes: int = 1, timeout: int = 60
     return result
 
 
-# --- arguments -----------------------------------------------------------------------------------------------
+# --- arguments and inputs: each bad value is a ValueError naming its option or file, before any data work -----
+
+# case, input (RunArguments fields; train_file and validation_file are given), expected error, fragment (regex)
+ARGUMENT_CASES = [
+    ("no data source", {"train_file": None}, ValueError, r"give --dataset, --train_file"),
+    ("two data sources", {"dataset": "twitter2015"}, ValueError, r"--dataset and --train_file are exclusive"),
+    ("unknown dataset", {"train_file": None, "dataset": "twitter2099"}, ValueError, r"--dataset must be one of"),
+    ("zero learning rate", {"learning_rate": 0.0}, ValueError, r"--learning_rate must be positive, got 0.0"),
+    ("negative head rate", {"head_learning_rate": -1e-3}, ValueError, r"--head_learning_rate must be positive"),
+    ("accumulation 0", {"gradient_accumulation_steps": 0}, ValueError, r"--gradient_accumulation_steps must be >= 1"),
+    ("checkpointing 0", {"checkpointing_steps": "0"}, ValueError, r"--checkpointing_steps must be a positive"),
+    ("checkpointing word", {"checkpointing_steps": "often"}, ValueError, r"--checkpointing_steps must be a posi"),
+    ("max steps 0", {"max_train_steps": 0}, ValueError, r"--max_train_steps must be >= 1"),
+    ("max steps negative", {"max_train_steps": -5}, ValueError, r"--max_train_steps must be >= 1 .*got -5"),
+    ("train samples 0", {"max_train_samples": 0}, ValueError, r"--max_train_samples must be >= 1"),
+    ("eval samples negative", {"max_eval_samples": -1}, ValueError, r"--max_eval_samples must be >= 1"),
+    ("negative seed", {"seed": -1}, ValueError, r"--seed must be in \[0, 2\*\*32\), got -1"),
+    ("max length 0", {"max_length": 0}, ValueError, r"--max_length must be >= 1"),
+    ("epochs 0", {"num_train_epochs": 0}, ValueError, r"--num_train_epochs must be >= 1"),
+    ("batch 0", {"per_device_train_batch_size": 0}, ValueError, r"--per_device_train_batch_size must be >= 1"),
+    ("image batch 0", {"image_batch_size": 0}, ValueError, r"--image_batch_size must be >= 1"),
+    ("span length 0", {"max_span_length": 0}, ValueError, r"--max_span_length must be >= 1"),
+    ("dropout 1", {"span_dropout": 1.0}, ValueError, r"--span_dropout must be in \[0, 1\)"),
+    ("warmup 1", {"warmup_ratio": 1.0}, ValueError, r"--warmup_ratio must be in \[0, 1\)"),
+    ("no clipping", {"max_grad_norm": 0.0}, ValueError, r"--max_grad_norm must be positive"),
+    ("negative decay", {"weight_decay": -0.1}, ValueError, r"--weight_decay must be >= 0"),
+    ("empty resume", {"resume_from_checkpoint": ""}, ValueError, r"--resume_from_checkpoint must be"),
+    ("push without id", {"push_to_hub": True}, ValueError, r"--push_to_hub needs --hub_model_id"),
+    ("bad prompt init", {"prompt_init": "zeros"}, ValueError, r"--prompt_init must be"),
+]
 
 
-@pytest.mark.parametrize(
-    "arguments, message",
-    [
-        ({"train_file": "a.txt", "dataset": "twitter2015"}, "exclusive"),
-        ({"train_file": "a.txt", "learning_rate": 0.0}, "--learning_rate"),
-        ({"train_file": "a.txt", "checkpointing_steps": "often"}, "--checkpointing_steps"),
-        ({"train_file": "a.txt", "push_to_hub": True}, "--hub_model_id"),
-        ({"model_name_or_path": "roberta-base"}, "--dataset"),
-    ],
-)
-def test_bad_arguments_are_named(arguments, message):
-    with pytest.raises(ValueError, match=message):
-        mner_training.RunArguments(**arguments)
+@pytest.mark.parametrize("case, arguments, error, fragment", ARGUMENT_CASES, ids=[c[0] for c in ARGUMENT_CASES])
+def test_bad_arguments_are_named(case, arguments, error, fragment):
+    with pytest.raises(error, match=fragment):
+        mner_training.RunArguments(**{"train_file": "a.txt", "validation_file": "b.txt", **arguments})
 
 
 def test_no_arguments_means_the_demo():
     args = mner_training.RunArguments(**mner_demo.DEMO_ARGUMENTS)
     assert args.demo and args.output_dir == "outputs/demo"
+    assert args.overwrite_output_dir  # `accelerate launch run_mner.py` twice replaces the first demo run
+
+
+class Workspace:
+    """Real files for `check_run_inputs`: two tweets per split, their image folder, the tiny backbone, a CLIP config
+    and, on demand, damaged copies and checkpoints."""
+
+    def __init__(self, root: Path, backbone: Path, clip_config: Path):
+        self.root, self.backbone, self.clip_config = root, backbone, clip_config
+        (root / "images").mkdir()
+        tweet = "IMGID:1\nKevin\tB-PER\nDurant\tI-PER\nvisits\tO\n\nIMGID:2\nOklahoma\tB-LOC\n"
+        for name in ("train.txt", "valid.txt"):
+            (root / name).write_text(tweet)
+
+    def args(self, **changes) -> mner_training.RunArguments:
+        fields = dict(
+            train_file=str(self.root / "train.txt"), validation_file=str(self.root / "valid.txt"),
+            image_dir=str(self.root / "images"), model_name_or_path=str(self.backbone),
+            clip_config=str(self.clip_config), num_prompts=4, max_length=64, output_dir=str(self.root / "out"),
+        )  # fmt: skip
+        return mner_training.RunArguments(**{**fields, **changes})
+
+    def file(self, name: str, content: str | bytes) -> str:
+        path = self.root / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return str(path)
+
+    def backbone_without(self, *names: str) -> str:
+        folder = self.root / f"backbone_without_{'_'.join(names)}"
+        shutil.copytree(self.backbone, folder)
+        for name in names:
+            (folder / name).unlink(missing_ok=True)
+        return str(folder)
+
+    def checkpoint(self, args=None, progress="{}", signature=None, weights: bytes | None = None) -> str:
+        """A checkpoint folder of `args`' run (its output folder) with the given records."""
+        args = args or self.args()
+        folder = Path(args.output_dir) / mner_training.TRAINING_STATE_DIR / "checkpoints" / "step_2"
+        folder.mkdir(parents=True)
+        record = json.dumps(mner_training.new_progress()) if progress == "{}" else progress
+        (folder / "progress.json").write_text(record)
+        signature = mner_training.run_signature(args) if signature is None else signature
+        if signature is not False:
+            (folder / "run_arguments.json").write_text(json.dumps(signature))
+        if weights is not None:
+            (folder / "model.safetensors").write_bytes(weights)
+        return str(folder)
+
+    def resume(self, folder: str, **changes) -> mner_training.RunArguments:
+        return self.args(resume_from_checkpoint=folder, **changes)
+
+
+# case, the arguments built on the workspace, expected error, fragment naming the culprit (regex)
+INPUT_CASES = [
+    ("missing train file", lambda w: w.args(train_file=str(w.root / "nope.txt")), ValueError,
+     r"--train_file \S*nope.txt: no such file"),
+    ("empty train file", lambda w: w.args(train_file=w.file("empty.txt", "")), ValueError,
+     r"--train_file \S*empty.txt: the file is empty"),
+    ("missing test file", lambda w: w.args(test_file=str(w.root / "t.txt")), ValueError, r"--test_file \S*t.txt"),
+    ("train without dev", lambda w: w.args(validation_file=None), ValueError, r"--train_file needs --validation_file"),
+    ("missing image folder", lambda w: w.args(image_dir=str(w.root / "imgs")), ValueError,
+     r"--image_dir \S*imgs: no such folder"),
+    ("corrupt CLIP config", lambda w: w.args(clip_config=w.file("clip.json", "{'embed_dim': 32")), ValueError,
+     r"\S*clip.json: unreadable, expected an open_clip model config"),
+    ("not a CLIP config", lambda w: w.args(clip_config=w.file("clip.json", '{"a": 1}')), ValueError,
+     r"--clip_config \S*clip.json: not an open_clip model config"),
+    ("backbone folder absent", lambda w: w.args(model_name_or_path=str(w.root / "no_model")), ValueError,
+     r"--model_name_or_path \S*no_model: no such folder"),
+    ("backbone relative path", lambda w: w.args(model_name_or_path="./models/roberta-tiny"), ValueError,
+     r"--model_name_or_path ./models/roberta-tiny: no such folder"),
+    ("backbone without config.json", lambda w: w.args(model_name_or_path=w.backbone_without("config.json")),
+     ValueError, r"--model_name_or_path \S*backbone_without_config.json: the folder has no config.json"),
+    ("backbone without tokenizer",
+     lambda w: w.args(model_name_or_path=w.backbone_without("tokenizer.json", "vocab.json", "merges.txt")),
+     ValueError, r"--model_name_or_path \S*: the folder has no tokenizer files"),
+    ("max length past the positions", lambda w: w.args(max_length=256), ValueError,
+     r"--max_length 256 plus 5 visual clue tokens need 261 positions, but the backbone \S* has 126: use "
+     r"--max_length 121 or less"),
+    ("text-only max length past the positions", lambda w: w.args(max_length=127, text_only=True), ValueError,
+     r"--max_length 127 plus 0 visual clue tokens need 127 positions"),
+    ("output folder not empty", lambda w: (w.file("out", b"") and None) or w.args(output_dir=str(w.root)),
+     ValueError, r"--output_dir \S*: the folder is not empty; use --overwrite_output_dir"),
+    ("resume latest without checkpoint in a full folder",
+     lambda w: w.args(output_dir=str(w.root), resume_from_checkpoint="latest"), ValueError,
+     r"not empty and no checkpoint to resume from"),
+    ("checkpoint absent", lambda w: w.resume(str(w.root / "step_9")), ValueError,
+     r"--resume_from_checkpoint \S*step_9: no such folder"),
+    ("corrupt progress.json", lambda w: w.resume(w.checkpoint(progress='{"step": 2,')), ValueError,
+     r"\S*step_2/progress.json: unreadable, expected the checkpoint's progress record"),
+    ("progress.json of something else", lambda w: w.resume(w.checkpoint(progress='{"step": 2}')), ValueError,
+     r"\S*step_2/progress.json: not a run_mner progress record"),
+    ("checkpoint without its run's arguments", lambda w: w.resume(w.checkpoint(signature=False)), ValueError,
+     r"\S*step_2/run_arguments.json: missing"),
+    ("corrupt checkpoint weights", lambda w: w.resume(w.checkpoint(weights=b"\x00garbage")), ValueError,
+     r"\S*step_2/model.safetensors: unreadable checkpoint weights"),
+    ("checkpoint of other arguments", lambda w: w.resume(w.checkpoint(), learning_rate=1e-3, seed=7), ValueError,
+     r"other training arguments: --learning_rate 0.001 \(checkpoint: 0.0001\); --seed 7 \(checkpoint: 42\)"),
+    ("latest checkpoint of other arguments",
+     lambda w: (w.checkpoint() and None) or w.args(resume_from_checkpoint="latest", num_prompts=8), ValueError,
+     r"step_2: it belongs to a run with other training arguments: --num_prompts 8 \(checkpoint: 4\)"),
+]
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_backbone, clip_config_file) -> Workspace:
+    return Workspace(tmp_path, tiny_backbone, clip_config_file)
+
+
+@pytest.mark.parametrize("case, build, error, fragment", INPUT_CASES, ids=[c[0] for c in INPUT_CASES])
+def test_bad_inputs_are_named_before_any_data_work(case, build, error, fragment, workspace):
+    with pytest.raises(error, match=fragment):
+        mner_training.check_run_inputs(build(workspace))
+
+
+def test_good_inputs_pass_the_checks(workspace):
+    mner_training.check_run_inputs(workspace.args())  # fresh run, absent output folder
+    checkpoint = workspace.checkpoint()  # of a run with the workspace's arguments, in its output folder
+    mner_training.check_run_inputs(workspace.args(resume_from_checkpoint="latest"))
+    elsewhere = str(workspace.root / "elsewhere")  # settings a resumed run may change
+    mner_training.check_run_inputs(workspace.resume(checkpoint, output_dir=elsewhere, per_device_eval_batch_size=7))
+    (workspace.root / "full").mkdir()
+    (workspace.root / "full" / "model.safetensors").write_bytes(b"")
+    mner_training.check_run_inputs(workspace.args(output_dir=str(workspace.root / "full"), overwrite_output_dir=True))
+
+
+def test_script_reports_a_bad_argument_without_a_traceback(tmp_path):
+    """`python run_mner.py` with an empty train file: exit status 2 and one line naming the file, before any data
+    work (no traceback, nothing written)."""
+    (tmp_path / "train.txt").write_text("")
+    (tmp_path / "valid.txt").write_text("IMGID:1\nKevin\tB-PER\n")
+    command = [sys.executable, str(REPO_ROOT / "run_mner.py"), "--train_file", "train.txt", "--validation_file",
+               "valid.txt", "--output_dir", "out"]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == "run_mner.py: error: --train_file train.txt: the file is empty"
+    command += ["--gradient_accumulation_steps", "0"]
+    result = subprocess.run(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].endswith("--gradient_accumulation_steps must be >= 1, got 0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.txt", "valid.txt"]
 
 
 # --- the optimizer -------------------------------------------------------------------------------------------
@@ -155,7 +316,9 @@ def test_first_optimizer_step_is_adamw_with_the_groups_rates_and_decay():
                               intermediate_size=24, max_position_embeddings=40, num_prompts=3, clip_embed_dim=8,
                               span_hidden_size=8, labels=["O", "PER"])  # fmt: skip
     model = PromptMNERForSpanNER(config)
-    hyper = mner_training.RunArguments(train_file="a.txt", learning_rate=1e-4, head_learning_rate=1e-2)
+    hyper = mner_training.RunArguments(
+        train_file="a.txt", validation_file="b.txt", learning_rate=1e-4, head_learning_rate=1e-2
+    )
     optimizer = mner_training.create_optimizer(model, hyper.learning_rate, hyper.weight_decay, hyper.head_learning_rate)
     assert optimizer.defaults["fused"]
     for parameter in model.parameters():
@@ -198,6 +361,71 @@ def test_image_embeddings_are_cached_across_runs(twitter_slice, tiny_processor, 
     torch.testing.assert_close(torch.tensor(row["image_embeds"]), expected, atol=1e-5, rtol=0)
     report = mner_training.image_report(first)
     assert report["train"]["text_only"] == sum(i in twitter_slice["missing"] for i in raw["train"]["image_id"])
+
+
+def without_person_tags(source: Path, target: Path) -> None:
+    """`source` with every PER tag turned into O."""
+    lines = [line.replace("\tB-PER", "\tO").replace("\tI-PER", "\tO") for line in source.read_text().splitlines()]
+    target.write_text("\n".join(lines) + "\n")
+
+
+def gold_entities(path: Path) -> int:
+    from span_utils import bio_to_spans
+
+    return sum(len(bio_to_spans(example["tags"])) for example in mner_data.read_conll(path))
+
+
+def test_cached_embeddings_never_bring_back_old_text(twitter_slice, tiny_processor, tmp_path):
+    """The cache holds embeddings only: a dev file edited between two calls sharing a cache comes back with its
+    new tags (and the embeddings of its unchanged images, from the cache)."""
+    folder = twitter_slice["folder"]
+    edited = tmp_path / "valid.txt"
+    without_person_tags(folder / "valid.txt", edited)
+    image_dir = tmp_path / "images"
+    shutil.copytree(twitter_slice["image_dir"], image_dir)
+    first, _ = mner_training.add_image_embeddings(
+        mner_data.load_mner_dataset(validation_file=folder / "valid.txt", image_dir=image_dir), tiny_processor,
+        tmp_path / "cache", batch_size=8,
+    )  # fmt: skip
+    second, counter = mner_training.add_image_embeddings(
+        mner_data.load_mner_dataset(validation_file=edited, image_dir=image_dir), tiny_processor, tmp_path / "cache",
+        batch_size=8,
+    )  # fmt: skip
+    assert counter["encoder_calls"] == 0
+    assert any("B-PER" in tags for tags in first["validation"]["tags"])
+    assert second["validation"]["tags"] == [example["tags"] for example in mner_data.read_conll(edited)]
+    assert second["validation"]["image_embeds"] == first["validation"]["image_embeds"]
+    # a changed image (same file name) is encoded again
+    changed = next(row for row in first["validation"] if row["has_image"])
+    Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(changed["image_path"])
+    third, counter = mner_training.add_image_embeddings(
+        mner_data.load_mner_dataset(validation_file=edited, image_dir=image_dir), tiny_processor, tmp_path / "cache",
+        batch_size=8,
+    )  # fmt: skip
+    assert counter["encoder_calls"] > 0
+    index = first["validation"]["id"].index(changed["id"])
+    expected = tiny_processor.encode_images([changed["image_path"]])[0]
+    torch.testing.assert_close(torch.tensor(third["validation"][index]["image_embeds"]), expected, atol=1e-5, rtol=0)
+
+
+def test_edited_dev_file_is_scored_as_edited_by_a_run_sharing_the_cache(
+    twitter_slice, tiny_backbone, clip_config_file, tmp_path
+):
+    """Two runs sharing one image-embedding cache; between them the dev file loses its PER tags. The second run
+    runs no CLIP batch and its dev scores count the edited file's gold entities, with no PER among them."""
+    folder = tmp_path / "data"
+    shutil.copytree(twitter_slice["folder"], folder, ignore=shutil.ignore_patterns("images"))
+    slice_ = {**twitter_slice, "folder": folder}
+    settings = ("--max_train_steps", "2", "--num_train_epochs", "1")
+    launch(run_args(slice_, tiny_backbone, clip_config_file, tmp_path / "first", *settings), cwd=tmp_path)
+    without_person_tags(twitter_slice["folder"] / "valid.txt", folder / "valid.txt")
+    second = launch(run_args(slice_, tiny_backbone, clip_config_file, tmp_path / "second", *settings), cwd=tmp_path)
+    assert "Image embeddings: 0 CLIP batches run" in second.stdout
+    first, edited = (json.loads((tmp_path / run / "all_results.json").read_text())["results"]["validation"]
+                     for run in ("first", "second"))  # fmt: skip
+    assert first["per_type"]["PER"]["number"] > 0
+    assert edited["per_type"].get("PER", {"number": 0})["number"] == 0
+    assert edited["number"] == gold_entities(folder / "valid.txt") < first["number"]
 
 
 # --- training end to end -------------------------------------------------------------------------------------
@@ -248,36 +476,97 @@ def final_weights(output: Path) -> dict:
     return load_file(output / "model.safetensors")
 
 
-def test_killed_run_resumes_to_the_same_weights(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
-    extra = ("--checkpointing_steps", "2")
-    reference = tmp_path / "uninterrupted"
-    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, reference, *extra), cwd=tmp_path)
+RESUME_SETTINGS = ("--checkpointing_steps", "2", "--max_train_samples", "32")  # 4 steps an epoch, 2 epochs
 
+
+@pytest.fixture(scope="module")
+def reference_run(twitter_slice, tiny_backbone, clip_config_file, tmp_path_factory) -> Path:
+    """An uninterrupted run with checkpoints every 2 steps: 8 optimizer steps over 2 epochs."""
+    folder = tmp_path_factory.mktemp("reference")
+    output = folder / "uninterrupted"
+    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, output, *RESUME_SETTINGS), cwd=folder)
+    return output
+
+
+def launch_until_killed(args: list[str], cwd: Path, point: str) -> None:
+    """`accelerate launch run_mner.py ...` whose training process SIGKILLs itself at the kill point `point`."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += [str(REPO_ROOT / "run_mner.py"), *args]
+    env = child_env(**{mner_training.KILL_POINT_ENV: point})
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert f"{mner_training.KILL_POINT_ENV}={point}: SIGKILL" in result.stderr, result.stderr[-4000:]
+    assert "SIGKILL" in result.stderr.split(f"={point}: SIGKILL", 1)[1], result.stderr[-2000:]  # the launcher saw it
+
+
+def test_killed_run_resumes_exactly_at_every_kill_point(
+    reference_run, twitter_slice, tiny_backbone, clip_config_file, tmp_path
+):
+    """One run killed with a real SIGKILL at five points and resumed each time: mid-epoch (after step 3, resumed
+    from step 2), right after the checkpoint of an epoch's last step (step 4: its dev evaluation is still due),
+    during that evaluation, while the best-dev model is being replaced, during the last epoch's evaluation; then
+    resumed from an older checkpoint than the latest. History, best epoch, step losses and final weights equal
+    the uninterrupted run's."""
     resumed = tmp_path / "resumed"
-    command = [sys.executable, str(REPO_ROOT / "run_mner.py")]
-    command += run_args(twitter_slice, tiny_backbone, clip_config_file, resumed, *extra)
-    process = subprocess.Popen(command, cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    checkpoints = resumed / mner_training.TRAINING_STATE_DIR / "checkpoints"
-    deadline = time.time() + 300
-    while not (checkpoints / "step_2").is_dir():
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, "no checkpoint within 5 minutes"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (resumed / "model.safetensors").exists(), "the run finished before it could be killed"
-    launch(
-        run_args(twitter_slice, tiny_backbone, clip_config_file, resumed, *extra, "--resume_from_checkpoint", "latest"),
-        cwd=tmp_path,
-    )
-    expected, actual = final_weights(reference), final_weights(resumed)
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
-    # the same later losses, step by step, as the uninterrupted run
-    progress = [json.loads((p / "all_results.json").read_text()) for p in (reference, resumed)]
-    assert progress[1]["step_losses"] == pytest.approx(progress[0]["step_losses"], abs=1e-6)
-    assert [h["dev_f1"] for h in progress[1]["history"]] == [h["dev_f1"] for h in progress[0]["history"]]
+    args = run_args(twitter_slice, tiny_backbone, clip_config_file, resumed, *RESUME_SETTINGS)
+    state = resumed / mner_training.TRAINING_STATE_DIR
+    launch_until_killed(args, tmp_path, "after_step:3")
+    assert sorted(p.name for p in (state / "checkpoints").iterdir()) == ["step_2"]
+    resume_latest = [*args, "--resume_from_checkpoint", "latest"]
+    launch_until_killed(resume_latest, tmp_path, "after_step:4")
+    assert not (state / "best_model").exists()  # killed before epoch 0's dev evaluation
+    launch_until_killed(resume_latest, tmp_path, "evaluation:0")  # reached: the resumed run evaluates epoch 0
+    launch_until_killed(resume_latest, tmp_path, "best_model_save:0")
+    assert (state / "best_model.partial" / "model.safetensors").is_file() and not (state / "best_model").exists()
+    launch_until_killed(resume_latest, tmp_path, "evaluation:1")
+    assert sorted(p.name for p in (state / "checkpoints").iterdir()) == ["step_2", "step_4", "step_6", "step_8"]
+    # an older checkpoint than the latest: steps 3-8 are taken again and their checkpoints saved over the old ones
+    launch(args + ["--resume_from_checkpoint", str(state / "checkpoints" / "step_2")], cwd=tmp_path)
+
+    expected, actual = (json.loads((p / "all_results.json").read_text()) for p in (reference_run, resumed))
+    assert [h["epoch"] for h in actual["history"]] == [0, 1]
+    assert [h["dev_f1"] for h in actual["history"]] == [h["dev_f1"] for h in expected["history"]]
+    train_losses = [[h["train_loss"] for h in summary["history"]] for summary in (actual, expected)]
+    assert train_losses[0] == pytest.approx(train_losses[1])
+    assert actual["best_epoch"] == expected["best_epoch"]
+    assert actual["step_losses"] == pytest.approx(expected["step_losses"], abs=1e-6)
+    assert len(actual["step_losses"]) == 8
+    for split in ("validation", "test"):
+        assert actual["results"][split]["f1"] == pytest.approx(expected["results"][split]["f1"], abs=1e-9)
+    expected_weights, actual_weights = final_weights(reference_run), final_weights(resumed)
+    assert expected_weights.keys() == actual_weights.keys()
+    for name in expected_weights:
+        torch.testing.assert_close(actual_weights[name], expected_weights[name], atol=1e-6, rtol=0, msg=name)
+    leftovers = [p.name for p in state.rglob("*") if p.name.endswith((".partial", ".old"))]
+    assert leftovers == []
+
+
+def test_output_folder_of_another_run_is_refused_then_overwritten(
+    reference_run, twitter_slice, tiny_backbone, clip_config_file, tmp_path
+):
+    """A non-empty --output_dir is refused without --overwrite_output_dir (nothing in it changes); with it, the
+    previous run's checkpoints are deleted (a later `--resume_from_checkpoint latest` cannot pick them up) and
+    the new run's checkpoints and model take their place."""
+    output = tmp_path / "taken"
+    shutil.copytree(reference_run, output)
+    checkpoints = output / mner_training.TRAINING_STATE_DIR / "checkpoints"
+    shutil.copytree(checkpoints / "step_8", checkpoints / "step_99")  # a later step than this run will reach
+    before = {p: p.stat().st_mtime_ns for p in output.rglob("*")}
+    args = run_args(twitter_slice, tiny_backbone, clip_config_file, output, *RESUME_SETTINGS, "--seed", "5")
+    command = [sys.executable, str(REPO_ROOT / "run_mner.py"), *args]
+    result = subprocess.run(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"--output_dir {output}: the folder is not empty; use --overwrite_output_dir" in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in output.rglob("*")} == before
+
+    launch(args + ["--overwrite_output_dir"], cwd=tmp_path)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_2", "step_4", "step_6", "step_8"]
+    summary = json.loads((output / "all_results.json").read_text())
+    progress = json.loads((checkpoints / "step_8" / "progress.json").read_text())
+    assert progress["step_losses"] == summary["step_losses"]
+    assert summary["step_losses"] != json.loads((reference_run / "all_results.json").read_text())["step_losses"]
+    assert json.loads((checkpoints / "step_8" / "run_arguments.json").read_text())["seed"] == 5
 
 
 def test_two_process_ddp_matches_one_process(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
@@ -349,7 +638,7 @@ def test_trains_on_a_datasets_dataset_with_image_column(tiny_backbone, clip_conf
             "--hf_dataset", str(tmp_path / "ds"),
             "--model_name_or_path", str(tiny_backbone),
             "--clip_config", str(clip_config_file),
-            "--num_prompts", "4", "--max_span_length", "4", "--num_train_epochs", "1",
+            "--num_prompts", "4", "--max_span_length", "4", "--max_length", "64", "--num_train_epochs", "1",
             "--per_device_train_batch_size", "8", "--output_dir", str(output), "--cache_dir", str(tmp_path / "cache"),
         ],  # fmt: skip
         cwd=tmp_path,
