@@ -595,6 +595,7 @@ class MNERCollator:
 # --- optimizer -----------------------------------------------------------------------------------------------
 
 NEW_PARAMETERS = ("span_head.", "promptmner.visual_clues.")  # trained from scratch; the rest starts from the backbone
+PROMPT_PARAMETERS = ("visual_clues.prompt_embeds", "visual_clues.prompt_log_logit_scale")  # the clue path's scoring
 
 # Devices with torch's fused AdamW: one kernel over all parameters instead of a loop of element-wise ops.
 FUSED_ADAMW_DEVICES = ("cpu", "cuda", "xpu", "mps")
@@ -606,18 +607,26 @@ def create_optimizer(
     weight_decay: float,
     head_learning_rate: float | None = None,
     device_type: str = "cpu",
+    prompt_learning_rate: float | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases, LayerNorm weights and the prompt embeddings; `NEW_PARAMETERS` learn at
-    `head_learning_rate` (default: `learning_rate`); torch's fused implementation on the devices that have it
-    (`device_type`: where the parameters will be trained)."""
-    no_decay = ("bias", "LayerNorm.weight", "prompt_embeds")
+    """AdamW without weight decay on biases, LayerNorm weights, the prompt embeddings and a learnable temperature;
+    `NEW_PARAMETERS` learn at `head_learning_rate` (default: `learning_rate`); with `prompt_learning_rate`, the
+    continuous prompts and a learnable temperature (`PROMPT_PARAMETERS`) learn at that rate in a group of their own
+    (see BENCHMARKS.md, "Visual clues"); torch's fused implementation on the devices that have it (`device_type`:
+    where the parameters will be trained)."""
+    no_decay = ("bias", "LayerNorm.weight", "prompt_embeds", "prompt_log_logit_scale")
+    named = list(model.named_parameters())
+    prompts = [p for n, p in named if n.endswith(PROMPT_PARAMETERS)] if prompt_learning_rate else []
+    named = [(n, p) for n, p in named if all(p is not q for q in prompts)]
     groups = []
     for is_head, lr in ((False, learning_rate), (True, head_learning_rate or learning_rate)):
-        named = [(n, p) for n, p in model.named_parameters() if n.startswith(NEW_PARAMETERS) == is_head]
+        part = [(n, p) for n, p in named if n.startswith(NEW_PARAMETERS) == is_head]
         groups += [
-            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": weight_decay, "lr": lr},
-            {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0, "lr": lr},
+            {"params": [p for n, p in part if not n.endswith(no_decay)], "weight_decay": weight_decay, "lr": lr},
+            {"params": [p for n, p in part if n.endswith(no_decay)], "weight_decay": 0.0, "lr": lr},
         ]
+    if prompts:
+        groups.append({"params": prompts, "weight_decay": 0.0, "lr": prompt_learning_rate})
     return torch.optim.AdamW(groups, lr=learning_rate, fused=device_type in FUSED_ADAMW_DEVICES)
 
 

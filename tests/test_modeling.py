@@ -7,7 +7,7 @@ import torch
 from transformers import BertModel
 
 from configuration_promptmner import PromptMNERConfig
-from mner_training import backbone_to_config, model_from_backbone
+from mner_training import backbone_to_config, create_optimizer, model_from_backbone
 from tiny_models import tiny_roberta
 from modeling_promptmner import (
     PromptMNERForSpanNER,
@@ -458,6 +458,23 @@ def test_image_statistics_need_the_option_and_a_matching_shape():
         random_model().promptmner.visual_clues.set_image_statistics(torch.randn(4, CLIP_DIM))
     with pytest.raises(ValueError, match="image_embeds must have shape"):
         random_model(standardize_image_embeds=True).promptmner.visual_clues.set_image_statistics(torch.randn(4, 3))
+
+
+def test_optimizer_gives_the_prompts_their_own_rate_only_when_asked():
+    model = random_model(learnable_logit_scale=True)
+    clues = model.promptmner.visual_clues
+    scale = clues.prompt_log_logit_scale
+    group_of = lambda optimizer, p: next(g for g in optimizer.param_groups if any(p is q for q in g["params"]))  # noqa: E731
+    default = create_optimizer(model, 1e-4, 0.01, head_learning_rate=1e-3)
+    assert len(default.param_groups) == 4  # the layout that earlier checkpoints' optimizer states have
+    for parameter in (clues.prompt_embeds, scale):  # with the head, never weight-decayed (the log temperature too)
+        assert group_of(default, parameter)["lr"] == 1e-3 and group_of(default, parameter)["weight_decay"] == 0.0
+    own = create_optimizer(model, 1e-4, 0.01, head_learning_rate=1e-3, prompt_learning_rate=1e-2)
+    group = group_of(own, clues.prompt_embeds)
+    assert group is group_of(own, scale) and len(group["params"]) == 2
+    assert group["lr"] == 1e-2 and group["weight_decay"] == 0.0
+    assert group_of(own, clues.projection.weight)["lr"] == 1e-3
+    assert sum(len(g["params"]) for g in own.param_groups) == len(list(model.parameters()))
 
 
 # --- span head -----------------------------------------------------------------------------------------------
