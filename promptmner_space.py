@@ -151,11 +151,17 @@ class PromptExplainer:
 
         clues = self.model.promptmner.visual_clues
         with torch.no_grad():
-            image_embeds = self.processor.encode_images([image])
+            image_embeds, logit_scale = self.processor.encode_images([image]), clues.logit_scale
+            # As the prompts see the image: standardised and at the learned temperature when the model has them
+            # (models saved before these options have neither).
+            if hasattr(clues, "standardized"):
+                image_embeds = clues.standardized(image_embeds.to(clues.prompt_embeds.device))
+            if hasattr(clues, "current_logit_scale"):
+                logit_scale = clues.current_logit_scale()
             return self.vocabularies.explain(
                 image_embeds,
                 clues.prompt_embeds,
-                float(clues.logit_scale),
+                float(logit_scale),
                 self.processor.prompt_vocabulary,
                 continuous=self.continuous,
                 vocab_embeds=self.vocab_embeds,

@@ -389,6 +389,28 @@ def test_app_explains_discrete_prompts_by_their_words(tiny_roberta_processor, im
     assert list(chart.columns) == ["prompt", "probability"] and len(chart) == 3
 
 
+def test_app_explains_with_the_models_own_clue_options(tiny_roberta_processor, images):
+    """With standardised image embeddings and a learned temperature, the chart is the model's own p(P_i|I)."""
+    processor = tiny_roberta_processor
+    backbone = tiny_roberta(len(processor.tokenizer), processor.tokenizer.pad_token_id, max_positions=64)
+    model = model_from_backbone(
+        backbone, processor=processor, prompts="continuous", num_prompts=5, standardize_image_embeds=True,
+        learnable_logit_scale=True,
+    ).eval()  # fmt: skip
+    clues = model.promptmner.visual_clues
+    rng = np.random.default_rng(0)
+    training_images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
+    clues.set_image_statistics(processor.encode_images(training_images))
+    with torch.no_grad():
+        clues.prompt_log_logit_scale.fill_(1.5)
+    ner = MultimodalNERPipeline(model=model, processor=processor, device="cpu")
+    entries = promptmner_space.PromptExplainer(ner, top=5)(Image.open(images["png"]))
+    with torch.no_grad():
+        expected = clues.prompt_probabilities(processor.encode_images([str(images["png"])]))[0]
+    assert [e["index"] for e in entries] == expected.argsort(descending=True).tolist()
+    assert np.allclose([e["probability"] for e in entries], expected.sort(descending=True).values, atol=1e-6)
+
+
 def test_model_card_serving_section_says_what_works():
     section = mner_serving.serving_section(MODEL_ID, SPACE_ID)
     assert "does not run this model" in section and "trust_remote_code" in section
