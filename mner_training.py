@@ -708,6 +708,13 @@ def write_json(path: Path, value) -> None:
     os.replace(partial, path)
 
 
+def copy_file(source: Path, target: Path) -> None:
+    """Copy a file beside `target`, then rename it over `target`: a killed copy never leaves a truncated file."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.copy2(source, partial)
+    os.replace(partial, target)
+
+
 def replace_folder(new: Path, target: Path) -> None:
     """Put the complete folder `new` at `target`; an existing `target` is moved aside first and removed last."""
     old = target.with_name(target.name + ".old")

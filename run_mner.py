@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from mner_training import (
     add_image_embeddings,
     check_run_inputs,
     clear_previous_run,
+    copy_file,
     create_optimizer,
     evaluate,
     fmt_prf,
@@ -401,8 +401,10 @@ def write_output_folder(args: RunArguments, accelerator: Accelerator, summary: d
         best_model = Path(args.output_dir) / TRAINING_STATE_DIR / "best_model"
         for name in os.listdir(best_model):
             if name != "progress.json":
-                shutil.copy2(best_model / name, Path(args.output_dir) / name)
-        model_card(args, summary, labels).save(Path(args.output_dir) / "README.md")
+                copy_file(best_model / name, Path(args.output_dir) / name)
+        card = Path(args.output_dir) / "README.md.partial"
+        model_card(args, summary, labels).save(card)
+        os.replace(card, card.with_suffix(""))
     accelerator.wait_for_everyone()
 
 

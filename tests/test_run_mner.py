@@ -547,7 +547,8 @@ def test_output_folder_of_another_run_is_refused_then_overwritten(
 ):
     """A non-empty --output_dir is refused without --overwrite_output_dir (nothing in it changes); with it, the
     previous run's checkpoints are deleted (a later `--resume_from_checkpoint latest` cannot pick them up) and
-    the new run's checkpoints and model take their place."""
+    the new run's checkpoints and model take their place. A damaged optimizer state in one of them is named when
+    the run is resumed from it."""
     output = tmp_path / "taken"
     shutil.copytree(reference_run, output)
     checkpoints = output / mner_training.TRAINING_STATE_DIR / "checkpoints"
@@ -567,6 +568,15 @@ def test_output_folder_of_another_run_is_refused_then_overwritten(
     assert progress["step_losses"] == summary["step_losses"]
     assert summary["step_losses"] != json.loads((reference_run / "all_results.json").read_text())["step_losses"]
     assert json.loads((checkpoints / "step_8" / "run_arguments.json").read_text())["seed"] == 5
+
+    (checkpoints / "step_4" / "optimizer.bin").write_bytes(b"\x00 not a torch file")  # a damaged training state
+    command = [sys.executable, str(REPO_ROOT / "run_mner.py"), *args, "--resume_from_checkpoint"]
+    result = subprocess.run(command + [str(checkpoints / "step_4")], cwd=tmp_path, env=child_env(),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode != 0
+    assert f"--resume_from_checkpoint {checkpoints / 'step_4'}: the saved training state cannot be restored" in (
+        result.stderr
+    ), result.stderr[-3000:]
 
 
 def test_two_process_ddp_matches_one_process(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
