@@ -213,7 +213,8 @@ class RunArguments:
     """The settings of one training run (`run_mner.py`'s command line; its `--help` documents each field).
 
     Validated on creation: an inconsistent value raises a `ValueError` that names its command-line option.
-    `prompt_vocabulary` (a spec: names, a `+`-combination or a file) is resolved to its list of words.
+    `prompt_vocabulary` (a spec: names, a `+`-combination or a file) is resolved to its list of words. The data
+    files, backbone, checkpoint and output folder the settings name are checked by [`check_run_inputs`].
     """
 
     # data
