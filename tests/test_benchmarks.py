@@ -77,3 +77,31 @@ def test_quality_script_reports_the_mean_of_its_runs_and_resumes(tmp_path):
     second = run_script("quality.py", *args)
     assert "seed 0 ..." in first and "seed 0 ..." not in second  # nothing trained the second time
     assert section(output.read_text(), "quality") == body
+
+
+def test_visual_clues_script_reports_probe_model_text_only_and_shuffled(tmp_path):
+    """Every family on a tiny corpus, one epoch, two seeds, two candidates: the before/after table quotes the stored
+    runs' means, the shuffled images and text-only runs are there, and a second call trains nothing."""
+    runs, output = tmp_path / "runs", tmp_path / "BENCHMARKS.md"
+    args = ["--num_train", "24", "--num_test", "12", "--epochs", "1", "--seeds", "0,1",
+            "--candidates", "paper,recommended", "--output_dir", str(runs), "--output", str(output), "--write"]  # fmt: skip
+    first = run_script("visual_clues.py", *args)
+    records = [json.loads(path.read_text()) for path in runs.glob("*/*.json")]
+    assert len(records) == 3 * 2 * 3, sorted(path.name for path in runs.glob("*/*.json"))  # families x seeds x runs
+    body = section(output.read_text(), "visual-clues")
+    for family in ("shapes", "textures", "layouts"):
+        mine = [r for r in records if r["family"] == family]
+        assert len({r["probe"] for r in mine}) == 1 and 0.0 <= mine[0]["probe"] <= 1.0
+        assert all("shuffled" in r for r in mine if r["candidate"] != "text-only")
+        row = next(line for line in body.splitlines() if line.startswith(f"| {family} |")).split("|")[2:-1]
+        probe, _, text_only, paper = (float(cell.split("±")[0]) for cell in row[:4])
+        assert probe == pytest.approx(100 * mine[0]["probe"], abs=0.06)
+        for value, candidate in ((text_only, "text-only"), (paper, "paper")):
+            accuracies = [r["test"]["accuracy"] for r in mine if r["candidate"] == candidate]
+            assert value == pytest.approx(100 * statistics.mean(accuracies), abs=0.06)
+        assert row[-1].strip() in ("met", "not met")
+    assert "| standardised, k-means prompts" in body
+
+    second = run_script("visual_clues.py", *args)
+    assert "seed 0 ..." in first and "seed 0 ..." not in second
+    assert section(output.read_text(), "visual-clues") == body
