@@ -210,9 +210,8 @@ class PromptMNERVisualClues(nn.Module):
             raise ValueError("set_image_statistics needs a model configured with standardize_image_embeds=True")
         image_embeds = torch.as_tensor(image_embeds, dtype=torch.float32)
         if image_embeds.ndim != 2 or image_embeds.shape[1] != self.image_embeds_mean.shape[0] or len(image_embeds) < 2:
-            raise ValueError(
-                f"image_embeds must have shape (N >= 2, {self.image_embeds_mean.shape[0]}), got {tuple(image_embeds.shape)}"
-            )
+            expected = f"(N >= 2, {self.image_embeds_mean.shape[0]})"
+            raise ValueError(f"image_embeds must have shape {expected}, got {tuple(image_embeds.shape)}")
         self.image_embeds_mean.copy_(image_embeds.mean(dim=0))
         self.image_embeds_std.copy_(image_embeds.std(dim=0).clamp_min(1e-6))
 

@@ -259,7 +259,9 @@ def kmeans_prompt_embeds(image_embeds: Any, num_prompts: int, generator: Any = N
         raise ValueError(f"num_prompts must be a positive integer, got {num_prompts!r}")
     images = F.normalize(_as_matrix("image_embeds", image_embeds), dim=-1)  # (N, D)
     if num_prompts > images.shape[0]:
-        raise ValueError(f"num_prompts={num_prompts} centroids need at least as many image_embeds, got {images.shape[0]}")
+        raise ValueError(
+            f"num_prompts={num_prompts} centroids need at least as many image_embeds, got {images.shape[0]}"
+        )
     first = torch.randint(images.shape[0], (1,), generator=generator)
     centroids = images[first]  # (1, D)
     while centroids.shape[0] < num_prompts:  # k-means++: draw far images more often

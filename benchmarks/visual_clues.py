@@ -241,7 +241,8 @@ def tiny_backbone(processor: PromptMNERProcessor, seed: int) -> BertModel:
     torch.manual_seed(seed)
     tokenizer = processor.tokenizer
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+                        intermediate_size=128, max_position_embeddings=128,
+                        pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     return BertModel(config)
 
 
@@ -262,7 +263,8 @@ def build_model(candidate: Candidate | None, processor, train_rows: list[dict], 
         clues.set_image_statistics(images)
     if candidate.prompt_init == "kmeans":  # centroids of the images as the prompts see them
         with torch.no_grad():
-            clues.prompt_embeds.copy_(kmeans_prompt_embeds(clues.standardized(images), candidate.num_prompts, generator))
+            centroids = kmeans_prompt_embeds(clues.standardized(images), candidate.num_prompts, generator)  # (K, D)
+            clues.prompt_embeds.copy_(centroids)
     if candidate.projection_std is not None:
         torch.nn.init.normal_(clues.projection.weight, std=candidate.projection_std)
     return model
@@ -389,7 +391,8 @@ def summarise(records: list[dict], families: list[str], candidates: list[str]) -
         mine = [r for r in records if r["family"] == name]
         if not mine:
             continue
-        entry = {"probe": mine[0]["probe"], "text_only": [r["test"]["accuracy"] for r in mine if r["candidate"] == "text-only"]}
+        text_only = [r["test"]["accuracy"] for r in mine if r["candidate"] == "text-only"]
+        entry = {"probe": mine[0]["probe"], "text_only": text_only}
         for candidate_id in candidates:
             runs = [r for r in mine if r["candidate"] == candidate_id]
             if runs:
@@ -426,14 +429,16 @@ def report(summary: dict, args, seconds: float) -> str:
         "on the test names. (a) logistic regression on the standardised frozen `image_embeds` (the reference of "
         "what they carry); (b) the model with its images; (c) the model trained text only; (d) the model of (b) "
         "with the test images shuffled across examples. Chance is 33.3 (a model that ignores the image and "
-        "predicts the most frequent type gets that type's share, the 'majority type' column). Scaled down to fit the 2 CPU cores "
+        "predicts the most frequent type gets that type's share, the 'majority type' column). Scaled down to fit "
+        "the 2 CPU cores "
         "(the demo trains MiniLM; here a tiny random text backbone, which the image-decided names make secondary).",
         "",
         "**Before and after**: the paper's clue path, then the recommended options "
         "(`standardize_image_embeds`, prompts at the k-means centroids of the training images, prompts learning at "
         "10x the model's rate, temperature 10). Target: (b) >= 90% of (a), (d) within 3 points of chance.",
         "",
-        "| family | (a) probe | majority type | (c) text only | (b) paper | (d) paper, shuffled | (b) recommended | (d) recommended, shuffled | (b)/(a) after | target |",
+        "| family | (a) probe | majority type | (c) text only | (b) paper | (d) paper, shuffled | (b) recommended "
+        "| (d) recommended, shuffled | (b)/(a) after | target |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, entry in summary.items():
@@ -442,7 +447,8 @@ def report(summary: dict, args, seconds: float) -> str:
             continue
         ratio = statistics.mean(after["test"]) / entry["probe"]
         lines.append(
-            f"| {name} | {100 * entry['probe']:.1f} | {100 * entry['majority']:.1f} | {mean_std(entry['text_only'])} | {mean_std(paper['test'])} | "
+            f"| {name} | {100 * entry['probe']:.1f} | {100 * entry['majority']:.1f} | {mean_std(entry['text_only'])} | "
+            f"{mean_std(paper['test'])} | "
             f"{mean_std(paper['shuffled'])} | {mean_std(after['test'])} | {mean_std(after['shuffled'])} | "
             f"{100 * ratio:.0f}% | {'met' if target_met(entry, 'recommended') else 'not met'} |"
         )

@@ -84,7 +84,8 @@ def test_visual_clues_script_reports_probe_model_text_only_and_shuffled(tmp_path
     runs' means, the shuffled images and text-only runs are there, and a second call trains nothing."""
     runs, output = tmp_path / "runs", tmp_path / "BENCHMARKS.md"
     args = ["--num_train", "24", "--num_test", "12", "--epochs", "1", "--seeds", "0,1",
-            "--candidates", "paper,recommended", "--output_dir", str(runs), "--output", str(output), "--write"]  # fmt: skip
+            "--candidates", "paper,recommended", "--output_dir", str(runs), "--output", str(output),
+            "--write"]  # fmt: skip
     first = run_script("visual_clues.py", *args)
     records = [json.loads(path.read_text()) for path in runs.glob("*/*.json")]
     assert len(records) == 3 * 2 * 3, sorted(path.name for path in runs.glob("*/*.json"))  # families x seeds x runs

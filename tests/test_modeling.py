@@ -464,7 +464,10 @@ def test_optimizer_gives_the_prompts_their_own_rate_only_when_asked():
     model = random_model(learnable_logit_scale=True)
     clues = model.promptmner.visual_clues
     scale = clues.prompt_log_logit_scale
-    group_of = lambda optimizer, p: next(g for g in optimizer.param_groups if any(p is q for q in g["params"]))  # noqa: E731
+
+    def group_of(optimizer, parameter):
+        return next(g for g in optimizer.param_groups if any(parameter is q for q in g["params"]))
+
     default = create_optimizer(model, 1e-4, 0.01, head_learning_rate=1e-3)
     assert len(default.param_groups) == 4  # the layout that earlier checkpoints' optimizer states have
     for parameter in (clues.prompt_embeds, scale):  # with the head, never weight-decayed (the log temperature too)
