@@ -244,6 +244,9 @@ class RunArguments:
     prompts: str = "continuous"
     prompt_vocabulary: str | list[str] | None = None
     prompt_init: str = "random"
+    standardize_image_embeds: bool = False
+    learnable_temperature: bool = False
+    prompt_temperature: float | None = None
     num_prompts: int = 100
     prompt_template: str = "an image of {}"
     max_span_length: int = 8
@@ -255,6 +258,7 @@ class RunArguments:
     per_device_eval_batch_size: int = 64
     learning_rate: float = 1e-4
     head_learning_rate: float | None = None
+    prompt_learning_rate: float | None = None
     weight_decay: float = 0.01
     num_train_epochs: int = 10
     max_train_steps: int | None = None
@@ -282,8 +286,8 @@ class RunArguments:
                 raise ValueError(
                     f"--checkpointing_steps must be a positive integer or 'epoch', got {self.checkpointing_steps!r}"
                 )
-        if self.prompt_init not in ("random", "vocabulary"):
-            raise ValueError(f"--prompt_init must be 'random' or 'vocabulary', got {self.prompt_init!r}")
+        if self.prompt_init not in ("random", "vocabulary", "kmeans"):
+            raise ValueError(f"--prompt_init must be 'random', 'vocabulary' or 'kmeans', got {self.prompt_init!r}")
         if self.resume_from_checkpoint == "":
             raise ValueError("--resume_from_checkpoint must be a checkpoint folder or 'latest', got ''")
         if not isinstance(self.prompt_vocabulary, list):
@@ -321,7 +325,8 @@ class RunArguments:
 
     def check_rates(self) -> None:
         """Learning rates, warmup, dropout, decay and clipping in their ranges."""
-        for name in ("learning_rate", "head_learning_rate", "max_grad_norm"):
+        rates = ("learning_rate", "head_learning_rate", "prompt_learning_rate", "prompt_temperature", "max_grad_norm")
+        for name in rates:
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:

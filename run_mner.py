@@ -64,7 +64,7 @@ from mner_training import (
 )
 from modeling_promptmner import PromptMNERForSpanNER
 from processing_promptmner import PromptMNERProcessor, load_tokenizer
-from prompt_vocabularies import initial_prompt_embeds, prompt_kind
+from prompt_vocabularies import initial_prompt_embeds, kmeans_prompt_embeds, prompt_kind
 
 logger = get_logger(__name__)
 
@@ -120,7 +120,19 @@ def parse_args(argv: list[str] | None = None) -> RunArguments:
         help="vocabulary the processor carries: for continuous prompts, the one they start from (--prompt_init "
         "vocabulary) and the words explanations name (default: task_labels+kb+expert); discrete: --prompts",
     )
-    model.add_argument("--prompt_init", choices=("random", "vocabulary"), help="continuous prompts")
+    model.add_argument(
+        "--prompt_init",
+        choices=("random", "vocabulary", "kmeans"),
+        help="continuous prompts: random, the vocabulary's words, or k-means centroids of the training images",
+    )
+    model.add_argument(
+        "--standardize_image_embeds",
+        action="store_true",
+        help="standardise image embeddings with the training images' mean and std before scoring the prompts "
+        "(not in the paper; recommended with continuous prompts, see BENCHMARKS.md 'Visual clues')",
+    )
+    model.add_argument("--prompt_temperature", type=float, help="1/tau of p(P_i|I) (default: the CLIP's own, 100)")
+    model.add_argument("--learnable_temperature", action="store_true", help="learn 1/tau, from its initial value")
     model.add_argument("--num_prompts", type=int, help="number of continuous prompts (paper: 100)")
     model.add_argument("--prompt_template")
     model.add_argument("--max_span_length", type=int, help="longest span in words")
@@ -137,6 +149,9 @@ def parse_args(argv: list[str] | None = None) -> RunArguments:
         type=float,
         help="learning rate of the parameters trained from scratch (span classifier, clue projection, prompts); "
         "default: --learning_rate",
+    )
+    train.add_argument(
+        "--prompt_learning_rate", type=float, help="learning rate of the continuous prompts (and a learnable temperature)"
     )
     train.add_argument("--weight_decay", type=float)
     train.add_argument("--num_train_epochs", type=int)
@@ -235,13 +250,21 @@ def build_processor(args: RunArguments, labels: list[str]) -> PromptMNERProcesso
     return PromptMNERProcessor.from_clip(args.model_name_or_path, args.clip_model, pretrained, **common)
 
 
-def build_model(args: RunArguments, processor: PromptMNERProcessor) -> PromptMNERForSpanNER:
-    """A new PromptMNER on the text backbone, with the ablation switches applied."""
+def build_model(
+    args: RunArguments, processor: PromptMNERProcessor, train_data: datasets.Dataset
+) -> PromptMNERForSpanNER:
+    """A new PromptMNER on the text backbone, with the ablation switches and the clue-path options applied (the
+    training images' embeddings give the standardisation statistics and the k-means centroids)."""
+    generator = torch.Generator().manual_seed(args.seed)
     prompt_embeds = None
     if args.prompts == "continuous" and args.prompt_init == "vocabulary":
-        generator = torch.Generator().manual_seed(args.seed)
         prompt_embeds = initial_prompt_embeds(args.num_prompts, processor.vocabulary_embeds(), generator)
-    return model_from_backbone(
+    options = {"learnable_logit_scale": args.learnable_temperature}
+    if args.prompt_temperature is not None:
+        options["clip_logit_scale"] = args.prompt_temperature
+    if args.standardize_image_embeds and not args.text_only:
+        options["standardize_image_embeds"] = True
+    model = model_from_backbone(
         args.model_name_or_path,
         processor=processor,
         prompts=prompt_kind(args.prompts),
@@ -249,7 +272,18 @@ def build_model(args: RunArguments, processor: PromptMNERProcessor) -> PromptMNE
         num_prompts=args.num_prompts if args.prompts == "continuous" else None,
         span_dropout=args.span_dropout,
         use_mas=not args.no_mas,
+        **options,
     )
+    if args.text_only or not (args.standardize_image_embeds or args.prompt_init == "kmeans"):
+        return model
+    images = torch.tensor([row for row in train_data["image_embeds"] if row is not None])  # (N, D)
+    clues = model.promptmner.visual_clues
+    if args.standardize_image_embeds:
+        clues.set_image_statistics(images)
+    if args.prompts == "continuous" and args.prompt_init == "kmeans":
+        with torch.no_grad():
+            clues.prompt_embeds.copy_(kmeans_prompt_embeds(clues.standardized(images), args.num_prompts, generator))
+    return model
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -331,7 +365,8 @@ def train(args: RunArguments, accelerator, model, processor, data, collator) -> 
     )
     dev_loader = DataLoader(data["validation"], batch_size=args.per_device_eval_batch_size, collate_fn=collator)
     optimizer = create_optimizer(
-        model, args.learning_rate, args.weight_decay, args.head_learning_rate, accelerator.device.type
+        model, args.learning_rate, args.weight_decay, args.head_learning_rate, accelerator.device.type,
+        prompt_learning_rate=args.prompt_learning_rate,
     )
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
@@ -415,7 +450,7 @@ def run(args: RunArguments, accelerator: Accelerator) -> dict:
     labels = mner_data.label_list(raw)
     processor = build_processor(args, labels)
     data = embed_images(args, raw, processor, accelerator)
-    model = build_model(args, processor)
+    model = build_model(args, processor, data["train"])
     collator = MNERCollator(processor, args.max_length, args.text_only)
     started = time.time()
     train(args, accelerator, model, processor, data, collator)

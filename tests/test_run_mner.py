@@ -656,3 +656,23 @@ def test_trains_on_a_datasets_dataset_with_image_column(tiny_backbone, clip_conf
     summary = json.loads((output / "all_results.json").read_text())
     assert summary["image_report"]["train"] == {"examples": 16, "text_only": 4, "first_errors": ["no image"] * 3}
     assert json.loads((output / "config.json").read_text())["id2label"] == {"0": "O", "1": "LOC", "2": "PER"}
+
+
+def test_clue_path_options_of_issue_15_train_and_are_saved(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
+    """--standardize_image_embeds, --prompt_init kmeans, --prompt_temperature, --learnable_temperature and
+    --prompt_learning_rate reach the model: the saved model standardises with the training images' statistics
+    (not the neutral 0 / 1), its temperature started at 10 and moved, and its prompts started as unit centroids."""
+    output = tmp_path / "run"
+    options = ["--standardize_image_embeds", "--prompt_init", "kmeans", "--prompt_temperature", "10",
+               "--learnable_temperature", "--prompt_learning_rate", "5e-3"]  # fmt: skip
+    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, output, *options), cwd=tmp_path)
+    from modeling_promptmner import PromptMNERForSpanNER
+
+    model = PromptMNERForSpanNER.from_pretrained(output).eval()
+    assert model.config.standardize_image_embeds and model.config.learnable_logit_scale
+    assert model.config.clip_logit_scale == 10.0
+    clues = model.promptmner.visual_clues
+    assert clues.image_embeds_mean.abs().max() > 0
+    assert not torch.equal(clues.image_embeds_std, torch.ones_like(clues.image_embeds_std))
+    assert clues.current_logit_scale().item() != pytest.approx(10.0, abs=1e-4)  # learned
+    torch.testing.assert_close(clues.prompt_embeds.norm(dim=-1), torch.ones(4), atol=0.2, rtol=0)  # near unit centroids
