@@ -383,6 +383,17 @@ class MultimodalNERPipeline(ChunkPipeline):
         """Save the model (with `custom_pipelines` in its config), this pipeline's code, and the processor."""
         super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)
+        _add_endpoint_files(save_directory)
+
+
+def _add_endpoint_files(folder: str | os.PathLike) -> None:
+    """Add the Inference Endpoints `handler.py` and its `requirements.txt` (written by the installed package)."""
+    try:
+        from mner_serving import write_endpoint_files
+    except ImportError:  # running as a downloaded model's remote code, without the promptmner package
+        logger.warning(f"{folder}: no handler.py written (Inference Endpoints); it needs the promptmner package")
+        return
+    write_endpoint_files(folder)
 
 
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=MultimodalNERPipeline, pt_model=AutoModel, type="multimodal")

@@ -68,7 +68,6 @@ def pipe(model, tiny_roberta_processor):
 def saved_folder(model, tiny_roberta_processor, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model")
     save_pipeline(model, tiny_roberta_processor, folder)
-    mner_serving.write_endpoint_files(folder)  # TEMP until save_pipeline writes it
     return folder
 
 
