@@ -233,7 +233,8 @@ def serving_section(repo_id: str, space_id: str | None = None) -> str:
     space = (
         f"This model's Space: [{space_id}](https://huggingface.co/spaces/{space_id})."
         if space_id
-        else "A ready Space folder is written next to the model (`space/`); push it with `--hub_space_id`."
+        else "`run_mner.py` wrote a ready Space folder in its output folder (`space/`, not part of this repository); "
+        "`--push_to_hub --hub_space_id org/name` pushes it."
     )
     body = json.dumps({"inputs": {"text": "Kevin Durant arrives in Oklahoma City", "image": "<base64 JPEG/PNG>"},
                        "parameters": {"threshold": 0.5}})  # fmt: skip

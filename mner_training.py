@@ -35,6 +35,7 @@ from clip_promptmner import embed_present
 from configuration_promptmner import PromptMNERConfig
 from mner_data import TWITTER_TEXT_SOURCES
 from mner_demo import DEMO_CORPUS_NOTE
+from mner_serving import SPACE_FOLDER, serving_section
 from modeling_promptmner import PromptMNERForSpanNER
 from pipeline_promptmner import WIDGET_EXAMPLES, MultimodalNERPipeline, usage_snippets
 from prompt_vocabularies import load_vocabulary
@@ -275,6 +276,7 @@ class RunArguments:
     with_tracking: bool = False
     push_to_hub: bool = False
     hub_model_id: str | None = None
+    hub_space_id: str | None = None
     hub_token: str | None = None
 
     def __post_init__(self):
@@ -295,6 +297,8 @@ class RunArguments:
             self.prompt_vocabulary = load_vocabulary(self.prompt_vocabulary or default)  # names a bad name/file:line
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id")
+        if self.hub_space_id and not self.push_to_hub:
+            raise ValueError("--hub_space_id needs --push_to_hub (and --hub_model_id, the model the Space serves)")
 
     def check_sources(self) -> None:
         """Exactly one data source."""
@@ -684,6 +688,7 @@ def new_progress() -> dict:
 RESUME_INDEPENDENT_ARGUMENTS = (
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "checkpointing_steps", "cache_dir",
     "image_batch_size", "per_device_eval_batch_size", "with_tracking", "push_to_hub", "hub_model_id", "hub_token",
+    "hub_space_id",
 )  # fmt: skip
 CHECKPOINT_NAME = re.compile(r"step_(\d+)")
 
@@ -844,7 +849,7 @@ def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = Non
     api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
-        ignore_patterns=[f"{TRAINING_STATE_DIR}/**", "data/**"],
+        ignore_patterns=[f"{TRAINING_STATE_DIR}/**", "data/**", f"{SPACE_FOLDER}/**"],
         commit_message="Upload PromptMNER model",
     )
 
@@ -921,6 +926,8 @@ and a span classifier labels every word span. Labels: {", ".join(labels[1:])}.
 
 {usage_snippets(repo)}
 Without an image the model takes its text-only path.
+
+{serving_section(repo, arguments.hub_space_id)}
 
 ## Training arguments
 

@@ -35,6 +35,7 @@ from transformers import get_scheduler
 
 import mner_data
 import mner_demo
+from mner_serving import SPACE_FOLDER, push_space, space_examples, write_space
 from configuration_promptmner import PROMPT_KINDS
 from mner_training import (
     TRAINING_STATE_DIR,
@@ -174,6 +175,7 @@ def parse_args(argv: list[str] | None = None) -> RunArguments:
     output.add_argument("--with_tracking", action="store_true", help="log to tensorboard")
     output.add_argument("--push_to_hub", action="store_true")
     output.add_argument("--hub_model_id", help="org/name of the Hub repository")
+    output.add_argument("--hub_space_id", help="org/name of a Gradio Space to push the model's Space folder to")
     output.add_argument("--hub_token")
 
     parser.set_defaults(**{field.name: field.default for field in dataclasses.fields(RunArguments)})
@@ -456,6 +458,9 @@ def run(args: RunArguments, accelerator: Accelerator) -> dict:
     train(args, accelerator, model, processor, data, collator)
     summary = final_evaluation(args, accelerator, processor, data, collator)
     write_output_folder(args, accelerator, summary, processor.labels)
+    if accelerator.is_main_process:  # the Space folder: served model, and examples (images of the demo corpus only)
+        examples = space_examples(raw["validation"], with_images=args.demo)
+        write_space(Path(args.output_dir) / SPACE_FOLDER, args.hub_model_id, examples=examples)
     summary["train_runtime_s"] = round(time.time() - started, 1)
     return summary
 
@@ -540,6 +545,9 @@ def main(argv: list[str] | None = None) -> dict:
         write_results(args.output_dir, summary)
         if args.push_to_hub:
             push_folder(args.output_dir, args.hub_model_id, args.hub_token)
+        if args.hub_space_id:
+            url = push_space(Path(args.output_dir) / SPACE_FOLDER, args.hub_space_id, args.hub_token)
+            accelerator.print(f"Space pushed: {url}")
     accelerator.wait_for_everyone()
     if args.with_tracking:
         accelerator.end_training()

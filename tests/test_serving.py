@@ -34,8 +34,8 @@ from PIL import Image
 import mner_serving
 import promptmner_space
 from fresh_process import PROJECT_MODULES, _BLOCKER, run_without_project
-from mner_training import model_from_backbone
-from pipeline_promptmner import MultimodalNERPipeline, save_pipeline
+from mner_training import RunArguments, model_card, model_from_backbone
+from pipeline_promptmner import WIDGET_EXAMPLES, MultimodalNERPipeline, save_pipeline
 from tiny_models import tiny_roberta
 
 TEXT = "Kevin Durant arrives in Oklahoma City"
@@ -418,6 +418,24 @@ def test_model_card_serving_section_says_what_works():
     body = re.search(r"-d '(\{.*\})'", section).group(1)
     assert json.loads(body)["inputs"]["text"] == TEXT  # the curl example's body is valid JSON
     assert "--hub_space_id" in mner_serving.serving_section(MODEL_ID)
+
+
+def test_model_card_keeps_its_metadata_and_gains_the_serving_section(tmp_path):
+    arguments = RunArguments(
+        demo=True, output_dir=str(tmp_path), push_to_hub=True, hub_model_id=MODEL_ID, hub_space_id=SPACE_ID
+    )
+    scores = {"precision": 0.5, "recall": 0.4, "f1": 0.444, "number": 10}
+    summary = {"results": {"test": {**scores, "per_type": {"PER": scores}}}}
+    card = model_card(arguments, summary, ["O", "PER"])
+    card.save(tmp_path / "README.md")
+    meta = metadata_load(tmp_path / "README.md")
+    assert meta["pipeline_tag"] == "token-classification" and "promptmner" in meta["tags"]
+    assert [example["text"] for example in meta["widget"]] == [example["text"] for example in WIDGET_EXAMPLES]
+    assert meta["model-index"][0]["results"]
+    text = (tmp_path / "README.md").read_text()
+    assert mner_serving.serving_section(MODEL_ID, SPACE_ID).strip() in text
+    with pytest.raises(ValueError, match="--hub_space_id needs --push_to_hub"):
+        RunArguments(demo=True, output_dir=str(tmp_path), hub_space_id=SPACE_ID)
 
 
 # --- the Space app in a real browser -------------------------------------------------------------------------------
