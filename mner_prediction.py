@@ -5,17 +5,20 @@ This is the library behind `promptmner-predict` and `accelerate launch -m predic
 - **Reading** ([`read_lines`], [`parse_line`]): the input is streamed line by line, never loaded whole. A line is
   `{"text": str, "image": path | null, "id": any}`; a bad line (invalid JSON, no text, a missing or unreadable
   image...) becomes an error record naming its line.
-- **Sharding** ([`LineBlocks`]): the non-blank lines are cut into blocks of `batch_size` lines. Block `k` (of those
-  not done yet) belongs to process `k % num_processes` (the processes of any `accelerate launch` topology), and within that process to
-  DataLoader worker `j % num_workers`, where `j` counts the process's own blocks; the worker parses the lines and
-  decodes their images, so the process only runs the model.
+- **Sharding** ([`LineBlocks`]): the non-blank lines not done yet are cut into blocks of `batch_size` lines.
+  Block `k` belongs to process `k % num_processes` (the processes of any `accelerate launch` topology), and within
+  that process to DataLoader worker `j % num_workers`, where `j` counts the process's own blocks; the worker parses
+  the lines and decodes their images, so the process only runs the model. Every process (and worker) reads the
+  whole file but parses only its own lines.
 - **Rounds** ([`predict_rounds`]): in each round every process predicts one block on its own device, and
   Accelerate's `gather_object` brings the records to the main process, which writes them in input order. A round's
-  blocks are consecutive, so the output is identical line for line to a one-process run.
+  blocks are consecutive and every block is the same batch as in a one-process run with the same `batch_size`, so
+  the output is the same file, line for line (byte for byte where the devices compute alike: tested on CPU).
 - **Output** ([`open_output`], [`write_round`], [`finish_output`]): the main process appends whole rounds to
   `<output>.partial` (one write, flushed and synced per round) and renames it to `<output>` at the end, so the
   output file is never half written. `resume=True` keeps the longest prefix of complete blocks of the partial file
-  and continues after it: no line lost, none duplicated, no half line.
+  and continues after it, with any number of processes: no line lost, none duplicated, no half line. Memory stays
+  bounded by the batch size: a round's records, and at most two blocks per DataLoader worker waiting.
 
 Every output record has `line` (1-based line number in the input) and, when the input line has one, `id`, then
 either `entities` (the `multimodal-ner` pipeline's output) or `error` (`"ExceptionType: message"`).
@@ -415,7 +418,10 @@ def _check_state(path: Path, fingerprint: dict) -> None:
     """A resumed run must be the interrupted run's continuation: same input (path and size), model and settings."""
     if not path.is_file():
         raise ValueError(f"{path} is missing, so the partial output cannot be checked; pass --overwrite to start over")
-    stored = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged ({err}); pass --overwrite to start over") from None
     for key, value in fingerprint.items():
         if stored.get(key) != value:
             raise ValueError(
@@ -439,6 +445,7 @@ def open_output(job: PredictionJob) -> tuple[Any, Progress]:
         handle.seek(progress.offset)
         return handle, progress
     job.output.parent.mkdir(parents=True, exist_ok=True)
+    partial.unlink(missing_ok=True)  # before the new state: a state file never describes an older partial file
     _write_state(state, job.fingerprint())
     return open(partial, "wb"), Progress()
 

@@ -1,4 +1,4 @@
-"""The `multimodal-ner` pipeline, long-text chunking, the batch prediction command and the model card pieces."""
+"""The `multimodal-ner` pipeline, long-text chunking and the model card pieces (batch prediction: test_prediction.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-import predict_mner
 from conftest import TWEET_SENTENCES
 from fresh_process import offline_hub_cache, run_without_project
 from tiny_models import tiny_roberta
@@ -350,80 +349,11 @@ def test_processor_found_next_to_the_model_and_factory_with_objects(saved_folder
     assert isinstance(ner, MultimodalNERPipeline) and ner(text) == pipe(text)
 
 
-# --- the batch prediction command ---------------------------------------------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def saved_folder(model, tiny_roberta_processor, tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     save_pipeline(model, tiny_roberta_processor, folder)
     return folder
-
-
-def write_jsonl(path, lines):
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def test_command_writes_error_records_and_all_good_lines(saved_folder, pipe, image_file, tmp_path):
-    lines = [
-        json.dumps({"id": "a", "text": TWEET_SENTENCES[0]}),
-        '{"id": "b", "text": "broken',  # invalid JSON
-        json.dumps({"id": "c", "text": TWEET_SENTENCES[1], "image": image_file.name}),
-        json.dumps({"id": "d", "text": TWEET_SENTENCES[2], "image": "missing.jpg"}),
-        "",  # blank: skipped
-        json.dumps({"text": TWEET_SENTENCES[3], "image": None}),
-        json.dumps({"id": "f", "image": image_file.name}),  # no text
-        json.dumps([1, 2]),
-        json.dumps({"id": 7, "text": TWEET_SENTENCES[4]}),
-    ]
-    source, target = tmp_path / "in.jsonl", tmp_path / "out" / "entities.jsonl"
-    write_jsonl(source, lines)
-    args = ["--model", str(saved_folder), "--input", str(source), "--output", str(target)]
-    status = predict_mner.main(args + ["--batch_size", "3", "--image_dir", str(image_file.parent)])
-    assert status == 0
-    records = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
-    assert [r["line"] for r in records] == [1, 2, 3, 4, 6, 7, 8, 9]
-    assert [r.get("id") for r in records] == ["a", None, "c", "d", None, "f", None, 7]
-    errors = {r["line"]: r["error"] for r in records if "error" in r}
-    assert set(errors) == {2, 4, 7, 8}
-    assert errors[2].startswith("ValueError: invalid JSON")
-    assert errors[4].startswith("FileNotFoundError") and "missing.jpg" in errors[4]
-    assert "'text' must be a string" in errors[7]
-    assert "JSON object" in errors[8]
-    good = {r["line"]: r["entities"] for r in records if "entities" in r}
-    expected = pipe(
-        [
-            TWEET_SENTENCES[0],
-            {"text": TWEET_SENTENCES[1], "image": str(image_file)},
-            TWEET_SENTENCES[3],
-            TWEET_SENTENCES[4],
-        ]
-    )
-    assert_same_entities([good[1], good[3], good[6], good[9]], expected)
-
-    write_jsonl(source, ['{"text": 1}', "not json"])
-    assert predict_mner.main(args) == 1  # nothing succeeded
-    assert len(target.read_text().splitlines()) == 2
-
-
-def test_command_keeps_finished_batches_when_interrupted(saved_folder, pipe, tmp_path):
-    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_jsonl(source, [json.dumps({"text": text}) for text in TWEET_SENTENCES[:5]])
-    calls = []
-
-    def crashing_pipe(inputs, **kwargs):
-        calls.append(len(inputs))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return pipe(inputs, **kwargs)
-
-    crashing_pipe.processor = pipe.processor
-    args = predict_mner.parse_args(["--model", "unused", "--input", str(source), "--output", str(target)])
-    args.batch_size = 2
-    with pytest.raises(KeyboardInterrupt):
-        predict_mner.run(args, pipe=crashing_pipe)
-    records = [json.loads(line) for line in target.read_text().splitlines()]
-    assert [r["line"] for r in records] == [1, 2] and all("entities" in r for r in records)
 
 
 # --- model card ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +97,54 @@ def posts(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("posts") / "posts.jsonl", posts_lines(300))
 
 
+def child_env() -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "ACCELERATE_"))}
+    # One thread per process in every run, so that one and two processes compute bit for bit the same.
+    path = [entry for entry in (env.get("PYTHONPATH"), str(REPO_ROOT)) if entry]
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(path))
+    return env
+
+
+def command(model_folder: Path, source: Path, target: Path, image_dir: Path, *extra: str, processes: int = 1):
+    """`promptmner-predict ...` (one process: the installed console script) or
+    `accelerate launch --multi_gpu ... -m predict_mner ...`."""
+    if processes == 1:
+        launcher = [str(Path(sys.executable).with_name("promptmner-predict"))]  # installed by `pip install -e .`
+    else:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "-m", "predict_mner"]  # fmt: skip
+    arguments = ["--model", str(model_folder), "--input", str(source), "--output", str(target), "--image_dir",
+                 str(image_dir), "--batch_size", "4", *extra]  # fmt: skip
+    return launcher + arguments
+
+
+def run_command(arguments: list[str], cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
+    done = subprocess.run(arguments, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == expect, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done
+
+
 def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(model_folder, posts, image_dir, tmp_path_factory) -> bytes:
+    """The output of one plain process (`promptmner-predict`)."""
+    folder = tmp_path_factory.mktemp("reference")
+    run_command(command(model_folder, posts, folder / "entities.jsonl", image_dir), cwd=folder)
+    return (folder / "entities.jsonl").read_bytes()
+
+
+def assert_same_entities(actual, expected, tolerance=1e-5):
+    """Same spans, labels and words; scores equal up to float rounding of differently padded batches."""
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        assert [{k: v for k, v in e.items() if k != "score"} for e in got] == [
+            {k: v for k, v in e.items() if k != "score"} for e in want
+        ]
+        assert np.allclose([e["score"] for e in got], [e["score"] for e in want], atol=tolerance, rtol=0)
 
 
 # --- reading and sharding -----------------------------------------------------------------------------------------
@@ -182,6 +233,15 @@ def test_bad_arguments_are_named_before_anything_is_opened(tmp_path, monkeypatch
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
 
 
+def test_command_refuses_its_input_as_output_with_exit_status_2(model_folder, posts, image_dir, tmp_path):
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(posts)
+    before = posts.read_bytes()
+    done = run_command(command(model_folder, posts, link, image_dir, "--overwrite"), cwd=tmp_path, expect=2)
+    assert "--output" in done.stderr and "would overwrite the input file" in done.stderr
+    assert posts.read_bytes() == before and not (tmp_path / "link.jsonl.partial").exists()
+
+
 def test_existing_output_is_replaced_only_on_request(pipe, tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", [json.dumps({"text": text}) for text in TWEET_SENTENCES[:3]])
     target = tmp_path / "out.jsonl"
@@ -198,7 +258,56 @@ def test_existing_output_is_replaced_only_on_request(pipe, tmp_path):
     assert (counts["lines"], counts["predicted"]) == (3, 0) and target.read_bytes() == complete
 
 
+@pytest.mark.parametrize(
+    "lines, ok, fail_on_error, status",
+    [(0, 0, False, 0), (3, 3, True, 0), (3, 1, False, 0), (3, 1, True, 1), (3, 0, False, 1), (3, 0, True, 1)],
+)
+def test_exit_status(lines, ok, fail_on_error, status):
+    counts = {"lines": lines, "ok": ok, "errors": lines - ok}
+    assert mner_prediction.exit_status(counts, fail_on_error) == status
+
+
 # --- the command: error records, input order, ids -----------------------------------------------------------------
+
+
+def test_command_writes_error_records_and_all_good_lines(model_folder, pipe, image_dir, tmp_path):
+    image_file = image_dir / "0.png"
+    lines = [
+        json.dumps({"id": "a", "text": TWEET_SENTENCES[0]}),
+        '{"id": "b", "text": "broken',  # invalid JSON
+        json.dumps({"id": "c", "text": TWEET_SENTENCES[1], "image": image_file.name}),
+        json.dumps({"id": "d", "text": TWEET_SENTENCES[2], "image": "missing.jpg"}),
+        "",  # blank: skipped
+        json.dumps({"text": TWEET_SENTENCES[3], "image": None}),
+        json.dumps({"id": "f", "image": image_file.name}),  # no text
+        json.dumps([1, 2]),
+        json.dumps({"id": 7, "text": TWEET_SENTENCES[4]}),
+    ]
+    source, target = write_jsonl(tmp_path / "in.jsonl", lines), tmp_path / "out" / "entities.jsonl"
+    run_command(command(model_folder, source, target, image_dir, "--batch_size", "3"), cwd=tmp_path)
+    records = read_records(target)
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 6, 7, 8, 9]
+    assert [r.get("id") for r in records] == ["a", None, "c", "d", None, "f", None, 7]
+    errors = {r["line"]: r["error"] for r in records if "error" in r}
+    assert set(errors) == {2, 4, 7, 8}
+    assert errors[2].startswith("ValueError: invalid JSON")
+    assert errors[4].startswith("FileNotFoundError") and "missing.jpg" in errors[4]
+    assert "'text' must be a string" in errors[7]
+    assert "JSON object" in errors[8]
+    good = {r["line"]: r["entities"] for r in records if "entities" in r}
+    expected = pipe(
+        [
+            TWEET_SENTENCES[0],
+            {"text": TWEET_SENTENCES[1], "image": str(image_file)},
+            TWEET_SENTENCES[3],
+            TWEET_SENTENCES[4],
+        ]
+    )
+    assert_same_entities([good[1], good[3], good[6], good[9]], expected)
+
+    write_jsonl(source, ['{"text": 1}', "not json"])
+    run_command(command(model_folder, source, target, image_dir, "--overwrite"), cwd=tmp_path, expect=1)  # all failed
+    assert len(target.read_text().splitlines()) == 2
 
 
 # --- interruption and resume --------------------------------------------------------------------------------------
@@ -252,6 +361,54 @@ def test_partial_output_keeps_its_complete_blocks_only(tmp_path):
     partial.write_text(records[1] + "\n" + records[0] + "\n")
     with pytest.raises(ValueError, match=r"line 2: 'line' 1 does not follow 2"):
         scan_output(partial)
+
+
+def test_killed_run_resumes_to_the_same_file(model_folder, posts, image_dir, reference, tmp_path):
+    """kill -9 of a one-process run part way; `--resume` under two processes finishes the same file as an
+    uninterrupted run, byte for byte."""
+    target = tmp_path / "entities.jsonl"
+    partial = mner_prediction.partial_path(target)
+    with open(tmp_path / "stderr.txt", "w") as log:
+        process = subprocess.Popen(command(model_folder, posts, target, image_dir), cwd=tmp_path, env=child_env(),
+                                   stdout=log, stderr=log, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while process.poll() is None and time.monotonic() < deadline:
+            if partial.exists() and partial.read_bytes().count(b"\n") >= 40:
+                break
+            time.sleep(0.005)
+        os.killpg(process.pid, signal.SIGKILL)  # the process and its DataLoader workers
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()[-3000:]
+    assert not target.exists()
+    done = partial.read_bytes().count(b"\n")
+    assert 40 <= done < reference.count(b"\n")
+
+    finished = run_command(command(model_folder, posts, target, image_dir, "--resume", processes=2), cwd=tmp_path)
+    assert target.read_bytes() == reference
+    resumed_lines = reference.count(b"\n") - done // 4 * 4  # the kept blocks are not predicted again
+    assert f"({resumed_lines} lines in this run" in finished.stderr
+
+
+# --- several processes --------------------------------------------------------------------------------------------
+
+
+def test_two_processes_write_the_same_file_as_one(model_folder, posts, image_dir, reference, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo on CPU), two DataLoader workers per process."""
+    target = tmp_path / "entities.jsonl"
+    done = run_command(command(model_folder, posts, target, image_dir, "--num_workers", "2", processes=2), cwd=tmp_path)
+    assert target.read_bytes() == reference
+    records = read_records(target)
+    lines = posts_lines(300)
+    non_blank = [number for number, line in enumerate(lines, start=1) if line.strip()]
+    assert [r["line"] for r in records] == non_blank  # input order, blank lines skipped
+    errors = sum("error" in r for r in records)
+    assert errors == 18 and f"{len(non_blank)} lines: {len(non_blank) - 18} predicted, 18 errors" in done.stderr
+    assert "2 processes" in done.stderr
+    for record in records:
+        line = lines[record["line"] - 1]
+        given = json.loads(line) if line.startswith("{") and not line.endswith("broken") else {}
+        assert record.get("id") == given.get("id")  # passed through when present (error records too), else absent
+    assert sum("id" in record for record in records) > 200
 
 
 # --- predictions files of a training run --------------------------------------------------------------------------
@@ -312,3 +469,27 @@ def test_conll_file_scored_by_seqeval_gives_the_entity_scores(tmp_path):
             assert record["text"][entity["start"] : entity["end"]] == entity["word"]
     with pytest.raises(ValueError, match="one entry per sentence"):
         write_prediction_files(tmp_path, "dev", tokens, gold[:-1], predicted)
+
+
+# --- the benchmark script -----------------------------------------------------------------------------------------
+
+
+def test_benchmark_writes_its_section(tmp_path):
+    """`benchmarks/prediction_scale.py` on tiny settings: its section keeps the rest of the file, quotes the ratio
+    of the two rows of its table, and has one memory row per input size."""
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text("# Benchmarks\n\nkept text\n")
+    arguments = [sys.executable, str(REPO_ROOT / "benchmarks" / "prediction_scale.py"), "--lines", "8", "--batch_size",
+                 "4", "--repeats", "1", "--memory_lines", "40,80", "--memory_batch_size", "8", "--output", str(output)]  # fmt: skip
+    run_command(arguments, cwd=tmp_path)
+    text = output.read_text()
+    assert text.startswith("# Benchmarks\n\nkept text\n")
+    body = text.split("<!-- prediction-scale:start -->")[1].split("<!-- prediction-scale:end -->")[0]
+    rows = re.findall(r"^\| `[^`]*-m predict_mner` \(([^)]*)\) \| ([0-9.]+) \|", body, re.M)
+    assert [label.split(",")[0] for label, _ in rows] == ["1 process", "1 process", "gloo"]
+    one, two = float(rows[0][1]), float(rows[2][1])
+    ratio = float(re.search(r"Ratio 2 / 1 process: \*\*([0-9.]+)x\*\*", body).group(1))
+    assert ratio == pytest.approx(two / one, abs=0.006)
+    assert re.search(r"are (NOT )?identical byte for byte", body)  # equality itself: the tests above, 1 thread each
+    sizes = re.findall(r"^\| (\d+) \| [0-9.]+ MB \| [0-9.]+ MB \| \d+ \| (\d+) MB \| (\d+) MB \|$", body, re.M)
+    assert [int(size) for size, _, _ in sizes] == [40, 80] and all(int(rss) > 50 for _, rss, _ in sizes)

@@ -1,0 +1,316 @@
+"""Prediction at scale on CPU: lines/s of the batch prediction command on 1 vs 2 processes, and its peak memory
+against the input's size (not a test).
+
+    python benchmarks/prediction_scale.py [--lines 512 --batch_size 16 --repeats 2 \
+        --memory_lines 10000,100000 --no_write]
+
+Throughput: the real pretrained all-MiniLM-L6-v2 text backbone converted to PromptMNER with 100 continuous prompts
+(the paper's best setting), random span head, and the demo's small random open_clip ViT; `--lines` tweet-like lines,
+every third one with its own random 320x240 JPEG read from disk. The same file is predicted by one plain process
+(`python -m predict_mner`, what `promptmner-predict` runs), with torch's default threads and with one thread, and by
+`accelerate launch --multi_gpu --num_processes 2 -m predict_mner` (gloo; torchrun gives each process one thread), in
+interleaved rounds; the best round's lines/s of the prediction loop is reported (model loading excluded, as the
+command prints it), with the wall time of the whole command, and whether the two outputs are identical.
+
+Memory: a tiny random model (2 layers of width 32 on the MiniLM tokenizer, tiny CLIP) over generated inputs of
+`--memory_lines` lines (one in ten with an image of a shared set), one process with one DataLoader worker: the
+kernel's peak RSS of the largest process (`wait4`), and the peak of the summed proportional set size (PSS: pages a
+forked worker shares with its parent count once) of the command's process tree, sampled every 20 ms. Bounded memory means these stay flat while the input grows.
+
+Prints a markdown section and writes it into `BENCHMARKS.md` between `<!-- prediction-scale:start -->` and
+`<!-- prediction-scale:end -->` (replacing an earlier run's section and leaving the rest of the file alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from mner_demo import DEMO_CLIP_CONFIG, demo_backbone  # noqa: E402
+from mner_training import model_from_backbone  # noqa: E402
+from pipeline_promptmner import save_pipeline  # noqa: E402
+from processing_promptmner import PromptMNERProcessor  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import cpu_name, replace_section  # noqa: E402
+
+SECTION = "prediction-scale"
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+TEXTS = [
+    "RT @NBA: LeBron James scores 40 points as the Cavaliers beat the Warriors in Oakland #NBAFinals",
+    "Barack Obama meets Angela Merkel in Berlin to talk about the European Union",
+    "Manchester United sign a new striker from Real Madrid , says Sky Sports",
+    "Taylor Swift performs in New York City tonight ! http://t.co/abc123",
+    "Apple unveils the new iPhone in Cupertino , California",
+    "Serena Williams wins Wimbledon for the seventh time",
+]
+SUMMARY = re.compile(r"(\d+) lines: (\d+) predicted, (\d+) errors .*\((\d+) lines in this run, ([0-9.]+) s, ([0-9.]+) lines/s")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lines", type=int, default=512, help="lines of the throughput input")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best one is reported")
+    parser.add_argument("--memory_lines", default="10000,100000", help="comma-separated input sizes for memory")
+    parser.add_argument("--memory_batch_size", type=int, default=64)
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--no_write", action="store_true", help="print the section only")
+    args = parser.parse_args()
+    args.memory_sizes = [int(size) for size in args.memory_lines.split(",") if size]
+    return args
+
+
+# --- models and inputs --------------------------------------------------------------------------------------------
+
+
+def save_minilm_model(folder: Path) -> Path:
+    """MiniLM-L6 with 100 continuous prompts and the demo CLIP, saved as a pipeline folder."""
+    torch.manual_seed(0)
+    processor = PromptMNERProcessor.from_clip(demo_backbone(), clip_config=DEMO_CLIP_CONFIG, clip_pretrained=None)
+    model = model_from_backbone(demo_backbone(), processor=processor, prompts="continuous", num_prompts=100)
+    save_pipeline(model.eval(), processor, folder)
+    return folder
+
+
+def save_tiny_model(folder: Path) -> Path:
+    """A 2-layer width-32 BERT on the MiniLM tokenizer with 5 prompts and a tiny CLIP, saved as a pipeline folder."""
+    torch.manual_seed(0)
+    processor = PromptMNERProcessor.from_clip(demo_backbone(), clip_config=TINY_CLIP, clip_pretrained=None)
+    tokenizer = processor.tokenizer
+    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=37, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    backbone = transformers.BertModel(config).eval()
+    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
+    save_pipeline(model.eval(), processor, folder)
+    return folder
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int] = (320, 240)) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index}.jpg", quality=90)
+
+
+def write_posts(path: Path, count: int, image_every: int, num_images: int) -> None:
+    """`count` JSONL lines, written one at a time; every `image_every`-th line has one of `num_images` images."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for index in range(count):
+            record = {"id": f"post-{index}", "text": TEXTS[index % len(TEXTS)]}
+            if index % image_every == 0:
+                record["image"] = f"{(index // image_every) % num_images}.jpg"
+            handle.write(json.dumps(record) + "\n")
+
+
+# --- running the command and measuring it ---------------------------------------------------------------------------
+
+
+def command(processes: int, model: Path, source: Path, target: Path, image_dir: Path, batch_size: int) -> list[str]:
+    if processes == 1:
+        launcher = [sys.executable, "-m", "predict_mner"]
+    else:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "-m", "predict_mner"]  # fmt: skip
+    return launcher + ["--model", str(model), "--input", str(source), "--output", str(target), "--image_dir",
+                       str(image_dir), "--batch_size", str(batch_size), "--overwrite"]  # fmt: skip
+
+
+def child_env(threads: int | None = None) -> dict:
+    """The environment of a run: offline, this checkout importable, `threads` torch threads (default: torch's)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "ACCELERATE_", "OMP_"))}
+    path = [entry for entry in (env.get("PYTHONPATH"), str(ROOT)) if entry]
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(path))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
+            children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        queue.extend(children.get(current, []))
+    return found
+
+
+def tree_pss_mb(pid: int) -> float:
+    """The summed proportional set size of `pid`'s process tree: pages shared by forked workers count once."""
+    total = 0
+    for member in descendants(pid):
+        try:
+            rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
+        except OSError:
+            continue  # the process ended while we looked
+        match = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
+        total += int(match.group(1)) if match else 0
+    return total / 1024
+
+
+def run_measured(arguments: list[str], cwd: Path, threads: int | None = None) -> dict:
+    """Run the command; its summary figures, wall time, the kernel's peak RSS of its largest process and the
+    sampled peak of its process tree's summed RSS."""
+    start = time.perf_counter()
+    process = subprocess.Popen(arguments, cwd=cwd, env=child_env(threads), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak, done = [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_pss_mb(process.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stderr = process.stderr.read().decode(errors="replace")
+    _, status, usage = os.wait4(process.pid, 0)
+    done.set()
+    sampler.join()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(arguments)} failed ({process.returncode}):\n{stderr[-4000:]}")
+    match = SUMMARY.search(stderr)
+    if match is None:
+        raise RuntimeError(f"no summary line in the command's output:\n{stderr[-2000:]}")
+    lines, _, errors, predicted, seconds, rate = match.groups()
+    return {"lines": int(lines), "errors": int(errors), "seconds": float(seconds), "lines_per_s": float(rate),
+            "wall_s": time.perf_counter() - start, "max_rss_mb": usage.ru_maxrss / 1024, "tree_peak_mb": peak[0]}  # fmt: skip
+
+
+# --- the two measurements -----------------------------------------------------------------------------------------
+
+
+def measure_throughput(args: argparse.Namespace, work: Path) -> dict:
+    """Best lines/s of 1 and 2 processes over interleaved rounds, and whether their outputs are identical."""
+    model = save_minilm_model(work / "minilm")
+    write_images(work / "images", (args.lines + 2) // 3)
+    source = work / "posts.jsonl"
+    write_posts(source, args.lines, image_every=3, num_images=(args.lines + 2) // 3)
+    settings = {"1 process": (1, None), "1 process, 1 thread": (1, 1), "2 processes": (2, None)}
+    best = dict.fromkeys(settings)
+    for _ in range(args.repeats):
+        for name, (processes, threads) in settings.items():
+            target = work / f"out_{processes}_{threads}.jsonl"
+            arguments = command(processes, model, source, target, work / "images", args.batch_size)
+            result = run_measured(arguments, work, threads)
+            if best[name] is None or result["lines_per_s"] > best[name]["lines_per_s"]:
+                best[name] = result
+            print(f"{name}: {result['lines_per_s']:.1f} lines/s", file=sys.stderr)
+    outputs = {path.read_bytes() for path in work.glob("out_*.jsonl")}
+    return {"runs": best, "identical": len(outputs) == 1}
+
+
+def measure_memory(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Peak memory of one process over inputs of growing size."""
+    model = save_tiny_model(work / "tiny")
+    write_images(work / "small_images", 8, size=(64, 48))
+    rows = []
+    for size in args.memory_sizes:
+        source = work / f"posts_{size}.jsonl"
+        write_posts(source, size, image_every=10, num_images=8)
+        target = work / f"out_{size}.jsonl"
+        result = run_measured(command(1, model, source, target, work / "small_images", args.memory_batch_size), work)
+        result.update(size=size, input_mb=source.stat().st_size / 2**20, output_mb=target.stat().st_size / 2**20)
+        print(f"{size} lines: peak RSS {result['max_rss_mb']:.0f} MB", file=sys.stderr)
+        rows.append(result)
+        source.unlink(), target.unlink()
+    return rows
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+
+
+def markdown(args: argparse.Namespace, throughput: dict, memory: list[dict], took: float) -> str:
+    one, one_thread, two = (throughput["runs"][name] for name in ("1 process", "1 process, 1 thread", "2 processes"))
+    memory_rows = [
+        f"| {row['size']:,} | {row['input_mb']:.1f} MB | {row['output_mb']:.1f} MB | {row['lines_per_s']:.0f} | "
+        f"{row['max_rss_mb']:.0f} MB | {row['tree_peak_mb']:.0f} MB |"
+        for row in memory
+    ]
+    return "\n".join(
+        [
+            "## Prediction at scale (CPU)",
+            "",
+            f"`python benchmarks/prediction_scale.py --lines {args.lines} --batch_size {args.batch_size} --repeats "
+            f"{args.repeats} --memory_lines {args.memory_lines}` (took {took:.0f} s). {cpu_name()} "
+            f"({os.cpu_count()} logical CPUs), torch {torch.__version__}, transformers {transformers.__version__}; "
+            f"load average {args.load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run.",
+            "",
+            f"**1 vs 2 processes.** {args.lines} tweet-like lines, every third with its own random 320x240 JPEG; "
+            "MiniLM-L6 backbone with 100 continuous prompts and the demo's small random CLIP ViT; "
+            f"`--batch_size {args.batch_size}`, one DataLoader worker per process; best of {args.repeats} "
+            "interleaved rounds. Lines/s of the prediction loop as the command prints it (model loading excluded); "
+            "the wall time is the whole command's.",
+            "",
+            "| command | lines/s | wall time |",
+            "|---|---:|---:|",
+            f"| `python -m predict_mner` (1 process, torch's default {torch.get_num_threads()} threads) | "
+            f"{one['lines_per_s']:.1f} | {one['wall_s']:.1f} s |",
+            f"| `OMP_NUM_THREADS=1 python -m predict_mner` (1 process, 1 thread) | {one_thread['lines_per_s']:.1f} | "
+            f"{one_thread['wall_s']:.1f} s |",
+            f"| `accelerate launch --multi_gpu --num_processes 2 -m predict_mner` (gloo, 1 thread each) | "
+            f"{two['lines_per_s']:.1f} | {two['wall_s']:.1f} s |",
+            "",
+            f"Ratio 2 / 1 process: **{two['lines_per_s'] / one['lines_per_s']:.2f}x** lines/s "
+            f"({two['lines_per_s'] / one_thread['lines_per_s']:.2f}x against one process on one thread). The three "
+            f"output files are {'identical byte for byte' if throughput['identical'] else 'NOT identical byte for byte'} "
+            "(the tests compare one and two processes with one thread each).",
+            "",
+            f"**Memory against input size.** Tiny random model, one process with one DataLoader worker, "
+            f"`--batch_size {args.memory_batch_size}`, one line in ten with a small image. Peak RSS of the largest "
+            "process (the kernel's `ru_maxrss`) and the sampled peak of the process tree's summed PSS (main "
+            "process and worker; shared pages count once).",
+            "",
+            "| input lines | input | output | lines/s | peak RSS, largest process | peak PSS, process tree |",
+            "|---:|---:|---:|---:|---:|---:|",
+            *memory_rows,
+        ]
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    args.load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        throughput = measure_throughput(args, Path(folder))
+        memory = measure_memory(args, Path(folder))
+    section = markdown(args, throughput, memory, time.perf_counter() - start)
+    print(section)
+    if not args.no_write:
+        replace_section(args.output, SECTION, section)
+        print(f"written to {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
