@@ -644,9 +644,9 @@ def create_optimizer(
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator: Accelerator, processor, gold_tags: list[list[str]]) -> dict:
-    """Entity-level micro P/R/F1 (and per type) of the model's decoded spans against the gold BIO tags
-    (`gold_tags`: one list per example, in the dataloader's order)."""
+def predict_spans(model, dataloader, accelerator: Accelerator, processor) -> list[list[tuple[int, int, str, float]]]:
+    """Each example's decoded `(start, end, label, score)` word spans, gathered from every process, in the
+    dataloader's order."""
     model.eval()
     predictions = []
     for batch in dataloader:
@@ -655,9 +655,20 @@ def evaluate(model, dataloader, accelerator: Accelerator, processor, gold_tags: 
         num_words = (batch["word_start_index"] >= 0).sum(dim=1)
         spans = processor.decode_word_spans(outputs.logits, num_words)
         predictions.extend(accelerator.gather_for_metrics(spans, use_gather_object=True))
+    return predictions
+
+
+def span_scores(predictions: list[list[tuple]], gold_tags: list[list[str]]) -> dict:
+    """Entity-level micro P/R/F1 (and per type) of predicted spans against the gold BIO tags (one list each per
+    example, in the same order)."""
     gold = [bio_to_spans(tags) for tags in gold_tags]
-    predicted = [[span[:3] for span in example] for example in predictions]
-    return entity_scores(gold, predicted)
+    return entity_scores(gold, [[span[:3] for span in example] for example in predictions])
+
+
+def evaluate(model, dataloader, accelerator: Accelerator, processor, gold_tags: list[list[str]]) -> dict:
+    """[`span_scores`] of the model's [`predict_spans`] (`gold_tags`: one list per example, in the dataloader's
+    order)."""
+    return span_scores(predict_spans(model, dataloader, accelerator, processor), gold_tags)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
@@ -841,7 +852,8 @@ def write_results(output_dir: str | os.PathLike, summary: dict) -> None:
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = None) -> None:
-    """Upload a run's output folder, without its training state and data, to the Hub repository `repo_id`."""
+    """Upload a run's output folder, without its training state, data, Space folder and predictions files, to the
+    Hub repository `repo_id`."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
@@ -849,7 +861,7 @@ def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = Non
     api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
-        ignore_patterns=[f"{TRAINING_STATE_DIR}/**", "data/**", f"{SPACE_FOLDER}/**"],
+        ignore_patterns=[f"{TRAINING_STATE_DIR}/**", "data/**", f"{SPACE_FOLDER}/**", "predictions_*"],
         commit_message="Upload PromptMNER model",
     )
 

@@ -54,15 +54,18 @@ from mner_training import (
     model_card,
     model_from_backbone,
     new_progress,
+    predict_spans,
     push_folder,
     resolve_checkpoint,
     results_table,
     run_signature,
     save_checkpoint,
     save_model_folder,
+    span_scores,
     write_json,
     write_results,
 )
+from mner_prediction import write_prediction_files
 from modeling_promptmner import PromptMNERForSpanNER
 from processing_promptmner import PromptMNERProcessor, load_tokenizer
 from prompt_vocabularies import initial_prompt_embeds, kmeans_prompt_embeds, prompt_kind
@@ -410,7 +413,8 @@ def train(args: RunArguments, accelerator, model, processor, data, collator) -> 
 
 
 def final_evaluation(args: RunArguments, accelerator, processor, data, collator) -> dict:
-    """Reload the best-dev model, evaluate dev and test; returns the run's summary."""
+    """Reload the best-dev model, evaluate dev and test and write their predictions files (`predictions_<split>.jsonl`
+    and `.conll` in `--output_dir`); returns the run's summary."""
     state_dir = Path(args.output_dir) / TRAINING_STATE_DIR
     model = accelerator.prepare(PromptMNERForSpanNER.from_pretrained(state_dir / "best_model"))
     results = {}
@@ -419,7 +423,11 @@ def final_evaluation(args: RunArguments, accelerator, processor, data, collator)
             loader = accelerator.prepare(
                 DataLoader(data[split], batch_size=args.per_device_eval_batch_size, collate_fn=collator)
             )
-            results[split] = evaluate(model, loader, accelerator, processor, data[split]["tags"])
+            predictions = predict_spans(model, loader, accelerator, processor)
+            results[split] = span_scores(predictions, data[split]["tags"])
+            if accelerator.is_main_process:
+                write_prediction_files(args.output_dir, split, data[split]["tokens"], data[split]["tags"], predictions,
+                                       ids=data[split]["id"])  # fmt: skip
     accelerator.print(results_table(results))
     progress = json.loads((state_dir / "best_model" / "progress.json").read_text())
     return {

@@ -78,6 +78,14 @@ def twitter_slice(tmp_path_factory) -> dict:
     return {"folder": folder, "image_dir": image_dir, "missing": missing | {corrupt}, "ids": ids}
 
 
+def seqeval_f1_of_conll(path: Path) -> float:
+    """seqeval's entity F1 (default mode) of a `word gold predicted` file with blank lines between sentences."""
+    from seqeval.metrics import f1_score
+
+    sentences = [[line.split(" ") for line in block.splitlines()] for block in path.read_text().strip().split("\n\n")]
+    return f1_score([[row[1] for row in rows] for rows in sentences], [[row[2] for row in rows] for rows in sentences])
+
+
 def run_args(twitter_slice, tiny_backbone, clip_config_file, output_dir, *extra) -> list[str]:
     folder = twitter_slice["folder"]
     return [
@@ -447,6 +455,13 @@ def test_train_evaluate_save_and_reload_in_a_fresh_process(twitter_slice, tiny_b
     assert card.data.pipeline_tag == "token-classification"
     f1 = [r for r in card.data.eval_results if r.dataset_split == "test" and r.metric_type == "f1"]
     assert f1 and f1[0].metric_value == round(100 * summary["results"]["test"]["f1"], 2)
+    for split, source in (("validation", "valid.txt"), ("test", "test.txt")):  # the best-dev model's predictions
+        f1 = seqeval_f1_of_conll(output / f"predictions_{split}.conll")
+        assert f1 == pytest.approx(summary["results"][split]["f1"], abs=1e-12)
+        records = [json.loads(line) for line in (output / f"predictions_{split}.jsonl").read_text().splitlines()]
+        examples = mner_data.read_conll(twitter_slice["folder"] / source)
+        assert [r["tokens"] for r in records] == [example["tokens"] for example in examples]
+        assert sum(len(r["gold"]) for r in records) == summary["results"][split]["number"]
 
     tokens = mner_data.read_conll(twitter_slice["folder"] / "test.txt")[0]["tokens"]
     result = run_without_project(
@@ -606,6 +621,9 @@ def test_no_argument_default_runs_offline_to_completion(tmp_path):
     assert "text-only  multimodal  difference" in result.stdout
     assert "not Twitter data" in result.stdout
     assert summary["results"]["test"]["f1"] > 0.3  # it learned something real from a real pretrained backbone
+    assert seqeval_f1_of_conll(output / "predictions_test.conll") == pytest.approx(
+        summary["results"]["test"]["f1"], abs=1e-12
+    )  # the best-dev model's test predictions, scored by seqeval, give the reported F1
     card = ModelCard.load(output / "README.md")
     assert "Demo model" in card.text
     run_without_project(
