@@ -84,7 +84,8 @@ class PredictionJob:
     def __post_init__(self):
         self.input, self.output = Path(self.input), Path(self.output)
         self.image_dir = Path(self.image_dir) if self.image_dir is not None else None
-        self.call_kwargs = {key: getattr(self, key) for key in ("stride", "threshold") if getattr(self, key) is not None}
+        settings = {"stride": self.stride, "threshold": self.threshold}
+        self.call_kwargs = {key: value for key, value in settings.items() if value is not None}
 
     def fingerprint(self) -> dict:
         """What a resumed run must share with the interrupted one for the output to be one run's output."""

@@ -15,7 +15,8 @@ command prints it), with the wall time of the whole command, and whether the two
 Memory: a tiny random model (2 layers of width 32 on the MiniLM tokenizer, tiny CLIP) over generated inputs of
 `--memory_lines` lines (one in ten with an image of a shared set), one process with one DataLoader worker: the
 kernel's peak RSS of the largest process (`wait4`), and the peak of the summed proportional set size (PSS: pages a
-forked worker shares with its parent count once) of the command's process tree, sampled every 20 ms. Bounded memory means these stay flat while the input grows.
+forked worker shares with its parent count once) of the command's process tree, sampled every 20 ms. Bounded
+memory means these stay flat while the input grows.
 
 Prints a markdown section and writes it into `BENCHMARKS.md` between `<!-- prediction-scale:start -->` and
 `<!-- prediction-scale:end -->` (replacing an earlier run's section and leaving the rest of the file alone).
@@ -63,7 +64,9 @@ TEXTS = [
     "Apple unveils the new iPhone in Cupertino , California",
     "Serena Williams wins Wimbledon for the seventh time",
 ]
-SUMMARY = re.compile(r"(\d+) lines: (\d+) predicted, (\d+) errors .*\((\d+) lines in this run, ([0-9.]+) s, ([0-9.]+) lines/s")
+SUMMARY = re.compile(
+    r"(\d+) lines: (\d+) predicted, (\d+) errors .*\((\d+) lines in this run, ([0-9.]+) s, ([0-9.]+) lines/s"
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -98,7 +101,8 @@ def save_tiny_model(folder: Path) -> Path:
     processor = PromptMNERProcessor.from_clip(demo_backbone(), clip_config=TINY_CLIP, clip_pretrained=None)
     tokenizer = processor.tokenizer
     config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=37, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+                                     num_attention_heads=4, intermediate_size=37,
+                                     pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     backbone = transformers.BertModel(config).eval()
     model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
     save_pipeline(model.eval(), processor, folder)
@@ -182,7 +186,8 @@ def run_measured(arguments: list[str], cwd: Path, threads: int | None = None) ->
     """Run the command; its summary figures, wall time, the kernel's peak RSS of its largest process and the
     sampled peak of its process tree's summed RSS."""
     start = time.perf_counter()
-    process = subprocess.Popen(arguments, cwd=cwd, env=child_env(threads), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(arguments, cwd=cwd, env=child_env(threads), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)  # fmt: skip
     peak, done = [0.0], threading.Event()
 
     def sample():
@@ -204,7 +209,8 @@ def run_measured(arguments: list[str], cwd: Path, threads: int | None = None) ->
         raise RuntimeError(f"no summary line in the command's output:\n{stderr[-2000:]}")
     lines, _, errors, predicted, seconds, rate = match.groups()
     return {"lines": int(lines), "errors": int(errors), "seconds": float(seconds), "lines_per_s": float(rate),
-            "wall_s": time.perf_counter() - start, "max_rss_mb": usage.ru_maxrss / 1024, "tree_peak_mb": peak[0]}  # fmt: skip
+            "wall_s": time.perf_counter() - start, "max_rss_mb": usage.ru_maxrss / 1024,
+            "tree_peak_mb": peak[0]}  # fmt: skip
 
 
 # --- the two measurements -----------------------------------------------------------------------------------------
@@ -283,7 +289,7 @@ def markdown(args: argparse.Namespace, throughput: dict, memory: list[dict], too
             "",
             f"Ratio 2 / 1 process: **{two['lines_per_s'] / one['lines_per_s']:.2f}x** lines/s "
             f"({two['lines_per_s'] / one_thread['lines_per_s']:.2f}x against one process on one thread). The three "
-            f"output files are {'identical byte for byte' if throughput['identical'] else 'NOT identical byte for byte'} "
+            f"output files are {'' if throughput['identical'] else 'NOT '}identical byte for byte "
             "(the tests compare one and two processes with one thread each).",
             "",
             f"**Memory against input size.** Tiny random model, one process with one DataLoader worker, "

@@ -1,4 +1,4 @@
-"""The `multimodal-ner` pipeline, long-text chunking and the model card pieces (batch prediction: test_prediction.py)."""
+"""The `multimodal-ner` pipeline, long-text chunking and the model card (batch prediction: test_prediction.py)."""
 
 from __future__ import annotations
 

@@ -185,7 +185,8 @@ def test_blocks_are_shared_once_and_each_process_gets_them_in_order(tmp_path, nu
     shares = []
     for process in range(num_processes):
         dataset = LineBlocks(source, 3, str, None, process, num_processes, skip=skip)
-        shares.append([[item["line"] for item in block] for block in mner_prediction.block_loader(dataset, num_workers)])
+        loader = mner_prediction.block_loader(dataset, num_workers)
+        shares.append([[item["line"] for item in block] for block in loader])
     for blocks in shares:
         flat = [number for block in blocks for number in block]
         assert flat == sorted(flat) and all(len(block) == 3 for block in blocks[:-1])
@@ -417,7 +418,8 @@ def test_two_processes_write_the_same_file_as_one(model_folder, posts, image_dir
 def random_sentence(rng: random.Random) -> tuple[list[str], list[str], list[tuple]]:
     """Words, gold tags (including `I-` after `O`, which opens an entity as in conlleval) and predicted spans."""
     length = rng.randint(1, 12)
-    words = [rng.choice(["Kevin", "Durant", "in", "Oklahoma", "City", "RT", "@NBA", "New York", ""]) for _ in range(length)]
+    vocabulary = ["Kevin", "Durant", "in", "Oklahoma", "City", "RT", "@NBA", "New York", ""]  # odd words too
+    words = [rng.choice(vocabulary) for _ in range(length)]
     gold = [rng.choice(["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-OTHER"]) for _ in range(length)]
     predicted = [(start, end, label if rng.random() < 0.9 else "MISC", rng.random())
                  for start, end, label in bio_to_spans(gold) if rng.random() < 0.7]  # fmt: skip
@@ -479,8 +481,9 @@ def test_benchmark_writes_its_section(tmp_path):
     of the two rows of its table, and has one memory row per input size."""
     output = tmp_path / "BENCHMARKS.md"
     output.write_text("# Benchmarks\n\nkept text\n")
-    arguments = [sys.executable, str(REPO_ROOT / "benchmarks" / "prediction_scale.py"), "--lines", "8", "--batch_size",
-                 "4", "--repeats", "1", "--memory_lines", "40,80", "--memory_batch_size", "8", "--output", str(output)]  # fmt: skip
+    arguments = [sys.executable, str(REPO_ROOT / "benchmarks" / "prediction_scale.py"), "--lines", "8",
+                 "--batch_size", "4", "--repeats", "1", "--memory_lines", "40,80", "--memory_batch_size", "8",
+                 "--output", str(output)]  # fmt: skip
     run_command(arguments, cwd=tmp_path)
     text = output.read_text()
     assert text.startswith("# Benchmarks\n\nkept text\n")
