@@ -195,20 +195,29 @@ def write_space(
     return folder
 
 
+def _row_image(row: dict[str, Any]) -> Any:
+    """A dataset row's usable image: its `image` (PIL, from a Hub dataset) or its existing `image_path`, else None."""
+    if row.get("image") is not None:
+        return row["image"]
+    path = row.get("image_path")
+    return path if path and os.path.isfile(path) else None
+
+
 def space_examples(rows: Iterable[dict[str, Any]], count: int = 3, with_images: bool = True) -> list[tuple]:
     """`(text, image)` examples: the first `count` rows that have an image (else the first rows), `tokens` joined.
 
-    `rows` are dataset rows with `tokens` and `image` (a path, a PIL image or `None`). `with_images=False` keeps only
-    the texts (for data whose images may not be redistributed in a public Space).
+    `rows` are dataset rows of `mner_data`'s schema (`tokens`, and `image_path` or a Hub dataset's `image`).
+    `with_images=False` keeps only the texts (for data whose images may not be redistributed in a public Space).
     """
     with_image, without = [], []
     for row in rows:
-        group = with_image if row.get("image") is not None else without
+        image = _row_image(row)
+        group = with_image if image is not None else without
         if len(group) < count:
-            group.append(row)
+            group.append((" ".join(row["tokens"]), image if with_images else None))
         if len(with_image) == count:
             break
-    return [(" ".join(row["tokens"]), row.get("image") if with_images else None) for row in with_image or without]
+    return with_image or without
 
 
 def push_space(folder: str | os.PathLike, space_id: str, token: str | None = None) -> str:

@@ -357,9 +357,17 @@ def test_space_folder_has_app_requirements_front_matter_and_examples(tmp_path, i
 
 
 def test_space_examples_and_app_errors_name_the_problem(tmp_path):
-    rows = [{"tokens": ["a", "b"], "image": None}, {"tokens": ["Kevin", "Durant"], "image": "x.jpg"}]
-    assert mner_serving.space_examples(rows, count=2) == [("Kevin Durant", "x.jpg")]
+    (tmp_path / "x.jpg").write_bytes(b"")
+    rows = [
+        {"tokens": ["a", "b"], "image_path": None},
+        {"tokens": ["missing", "file"], "image_path": str(tmp_path / "gone.jpg")},
+        {"tokens": ["Kevin", "Durant"], "image_path": str(tmp_path / "x.jpg")},
+        {"tokens": ["Hub", "row"], "image": Image.new("RGB", (4, 4))},
+    ]
+    examples = mner_serving.space_examples(rows, count=2)
+    assert [text for text, _ in examples] == ["Kevin Durant", "Hub row"] and examples[0][1] == str(tmp_path / "x.jpg")
     assert mner_serving.space_examples(rows, count=1, with_images=False) == [("Kevin Durant", None)]
+    assert mner_serving.space_examples(rows[:2], count=3) == [("a b", None), ("missing file", None)]
     (tmp_path / "examples.json").write_text(json.dumps([{"text": "t", "image": "missing.png"}]))
     with pytest.raises(ValueError, match=r"examples\.json: entry 0 names the image 'missing\.png'"):
         promptmner_space.load_examples(tmp_path)
