@@ -451,6 +451,7 @@ def test_train_evaluate_save_and_reload_in_a_fresh_process(twitter_slice, tiny_b
     code = {"modeling_promptmner.py", "configuration_promptmner.py", "processing_promptmner.py", "span_utils.py"}
     assert code | {"pipeline_promptmner.py", "prompt_vocabularies.py"} <= files
     assert "multimodal-ner" in json.loads((output / "config.json").read_text())["custom_pipelines"]
+    assert {"handler.py", "requirements.txt"} <= files and (output / "space" / "app.py").is_file()  # serving (issue 13)
     card = ModelCard.load(output / "README.md")
     assert card.data.pipeline_tag == "token-classification"
     f1 = [r for r in card.data.eval_results if r.dataset_split == "test" and r.metric_type == "f1"]
