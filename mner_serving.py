@@ -1,4 +1,4 @@
-"""Serving files for a trained PromptMNER model: the Inference Endpoints handler and a Gradio Space.
+"""Serving files for a trained PromptMNER model: the Inference Endpoints handler, a Gradio Space, the card's usage.
 
 The Hub's hosted widget and serverless inference only run models that an inference provider serves, and they do
 not execute `trust_remote_code` code. What runs a custom-code model is:
@@ -9,8 +9,9 @@ not execute `trust_remote_code` code. What runs a custom-code model is:
 3. a Gradio Space: [`write_space`] writes a ready Space folder (`app.py`, a copy of `promptmner_space.py`,
    `requirements.txt`, a README.md with the Space front matter, and examples); [`push_space`] uploads it.
 
-[`serving_section`] is the model card's markdown that says so. The requirement ranges are those of the installed
-versions this package was tested with: from the installed minor version up to the next major one.
+[`serving_section`] is the model card's markdown that says so; [`usage_snippets`] and `WIDGET_EXAMPLES` are the
+card's usage section and widget texts. The requirement ranges are those of the installed versions this package was
+tested with: from the installed minor version up to the next major one.
 """
 
 from __future__ import annotations
@@ -230,6 +231,53 @@ def push_space(folder: str | os.PathLike, space_id: str, token: str | None = Non
         repo_id=space_id, repo_type="space", folder_path=str(folder), commit_message="Upload PromptMNER Space"
     )
     return f"https://huggingface.co/spaces/{space_id}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model card's widget examples and usage section
+# ----------------------------------------------------------------------------------------------------------------
+
+WIDGET_EXAMPLES = [
+    {"text": "Kevin Durant arrives in Oklahoma City for the game against the Lakers", "example_title": "Sports"},
+    {"text": "RT @CNN: Angela Merkel meets Barack Obama at the White House", "example_title": "Politics"},
+    {"text": "Taylor Swift performs in New York tonight with Ed Sheeran", "example_title": "Music"},
+]
+
+
+def usage_snippets(repo_id: str) -> str:
+    """The model card's usage section (markdown): pipeline, AutoModel + AutoProcessor, and the batch command."""
+    return f"""## Usage
+
+With the `multimodal-ner` pipeline (the output is the aggregated format of the `token-classification` pipeline):
+
+```python
+from transformers import pipeline
+
+ner = pipeline("multimodal-ner", model="{repo_id}", trust_remote_code=True)
+ner({{"text": "Kevin Durant arrives in Oklahoma City", "image": "tweet.jpg"}})  # image: path or PIL image
+ner("Kevin Durant arrives in Oklahoma City")  # no image: the model's text-only path
+ner([{{"text": "...", "image": "a.jpg"}}, "another tweet"], batch_size=16)
+```
+
+With the model and processor:
+
+```python
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+inputs = processor(text="Kevin Durant arrives in Oklahoma City", images=Image.open("tweet.jpg"), return_tensors="pt")
+entities = processor.post_process(model(**inputs), inputs)
+```
+
+Batch prediction over a JSONL file (`{{"text": ..., "image": "path or null", "id": ...}}` per line), with the
+`promptmner` package installed:
+
+```bash
+promptmner-predict --model {repo_id} --input tweets.jsonl --output entities.jsonl --batch_size 16
+```
+"""
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -35,9 +35,9 @@ from clip_promptmner import embed_present
 from configuration_promptmner import PromptMNERConfig
 from mner_data import TWITTER_TEXT_SOURCES
 from mner_demo import DEMO_CORPUS_NOTE
-from mner_serving import SPACE_FOLDER, serving_section
+from mner_serving import SPACE_FOLDER, WIDGET_EXAMPLES, serving_section, usage_snippets
 from modeling_promptmner import PromptMNERForSpanNER
-from pipeline_promptmner import WIDGET_EXAMPLES, MultimodalNERPipeline, usage_snippets
+from pipeline_promptmner import MultimodalNERPipeline
 from prompt_vocabularies import load_vocabulary
 from span_utils import bio_to_spans, entity_scores
 

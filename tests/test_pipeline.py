@@ -17,14 +17,8 @@ from tiny_models import tiny_roberta
 from tweet_words import split_words
 from mner_training import model_from_backbone
 from modeling_promptmner import PromptMNERForSpanNER
-from pipeline_promptmner import (
-    WIDGET_EXAMPLES,
-    MultimodalNERPipeline,
-    chunk_word_ranges,
-    merge_chunk_candidates,
-    save_pipeline,
-    usage_snippets,
-)
+from mner_serving import WIDGET_EXAMPLES, usage_snippets
+from pipeline_promptmner import MultimodalNERPipeline, chunk_word_ranges, merge_chunk_candidates, save_pipeline
 
 REPO_ID = "org/promptmner-pipeline-tiny"
 ODD_TEXTS = [

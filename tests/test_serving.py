@@ -35,7 +35,7 @@ import mner_serving
 import promptmner_space
 from fresh_process import PROJECT_MODULES, _BLOCKER, run_without_project
 from mner_training import RunArguments, model_card, model_from_backbone
-from pipeline_promptmner import WIDGET_EXAMPLES, MultimodalNERPipeline, save_pipeline
+from pipeline_promptmner import MultimodalNERPipeline, save_pipeline
 from tiny_models import tiny_roberta
 
 TEXT = "Kevin Durant arrives in Oklahoma City"
@@ -438,7 +438,8 @@ def test_model_card_keeps_its_metadata_and_gains_the_serving_section(tmp_path):
     card.save(tmp_path / "README.md")
     meta = metadata_load(tmp_path / "README.md")
     assert meta["pipeline_tag"] == "token-classification" and "promptmner" in meta["tags"]
-    assert [example["text"] for example in meta["widget"]] == [example["text"] for example in WIDGET_EXAMPLES]
+    widget_texts = [example["text"] for example in mner_serving.WIDGET_EXAMPLES]
+    assert [example["text"] for example in meta["widget"]] == widget_texts
     assert meta["model-index"][0]["results"]
     text = (tmp_path / "README.md").read_text()
     assert mner_serving.serving_section(MODEL_ID, SPACE_ID).strip() in text
