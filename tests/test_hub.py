@@ -9,26 +9,15 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from fresh_process import offline_hub_cache, run_without_project
-from tiny_models import tiny_roberta
-from mner_training import model_from_backbone
-from modeling_promptmner import PromptMNERForSpanNER
+from tiny_models import tiny_span_model
 
 REPO_ID = "org/promptmner-tiny"
 TEXT = "Kevin Durant arrives in Oklahoma City"
 
 
-def tiny_model(processor) -> PromptMNERForSpanNER:
-    tokenizer = processor.tokenizer
-    backbone = tiny_roberta(len(tokenizer), tokenizer.pad_token_id, max_positions=64)
-    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
-    with torch.no_grad():  # a trained-looking head, so that some spans come out as entities
-        model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))
-    return model.eval()
-
-
 def test_saved_folder_loads_by_repo_id_in_a_fresh_process(tiny_roberta_processor, tmp_path):
     processor = tiny_roberta_processor
-    model = tiny_model(processor)
+    model = tiny_span_model(processor)
     image_file = tmp_path / "tweet.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(image_file)
     inputs = processor(text=TEXT, images=str(image_file), return_tensors="pt")

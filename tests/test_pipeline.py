@@ -13,9 +13,8 @@ from PIL import Image
 
 from conftest import TWEET_SENTENCES
 from fresh_process import offline_hub_cache, run_without_project
-from tiny_models import tiny_roberta
+from tiny_models import assert_same_entities, tiny_span_model
 from tweet_words import split_words
-from mner_training import model_from_backbone
 from modeling_promptmner import PromptMNERForSpanNER
 from mner_serving import WIDGET_EXAMPLES, usage_snippets
 from pipeline_promptmner import MultimodalNERPipeline, chunk_word_ranges, merge_chunk_candidates, save_pipeline
@@ -28,19 +27,9 @@ ODD_TEXTS = [
 ]
 
 
-def tiny_model(processor, max_position_embeddings: int = 64, num_layers: int = 2) -> PromptMNERForSpanNER:
-    """A small random PromptMNER model whose head is biased so that many spans come out as entities."""
-    tokenizer = processor.tokenizer
-    backbone = tiny_roberta(len(tokenizer), tokenizer.pad_token_id, max_position_embeddings, num_layers)
-    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
-    with torch.no_grad():
-        model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def model(tiny_roberta_processor):
-    return tiny_model(tiny_roberta_processor)
+    return tiny_span_model(tiny_roberta_processor)
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +50,6 @@ def reference_entities(model, processor, texts, images=None):
     with torch.no_grad():
         outputs = model(**inputs)
     return processor.post_process(outputs, inputs)
-
-
-def assert_same_entities(actual, expected, tolerance=1e-5):
-    """Same spans, labels and words; scores equal up to float rounding of differently padded batches."""
-    assert len(actual) == len(expected)
-    for got, want in zip(actual, expected):
-        assert [{k: v for k, v in e.items() if k != "score"} for e in got] == [
-            {k: v for k, v in e.items() if k != "score"} for e in want
-        ]
-        assert np.allclose([e["score"] for e in got], [e["score"] for e in want], atol=tolerance, rtol=0)
 
 
 # --- equality with processor + model -----------------------------------------------------------------------------
@@ -217,7 +196,7 @@ def place_name_detector(processor) -> PromptMNERForSpanNER:
     one-hot on dimensions 0 and 1 (which no other token uses); one span-MLP unit fires on a span starting with
     "oklahoma", one on a span ending with "city", and LOC beats "O" only when both fire.
     """
-    model = tiny_model(processor, max_position_embeddings=64, num_layers=1)
+    model = tiny_span_model(processor, max_positions=64, num_layers=1)
     tokenizer, hidden = processor.tokenizer, model.config.hidden_size
     anchor, tail = (tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word)) for word in (ANCHOR, TAIL))
     assert len(anchor) == len(tail) == 1, "the detector needs single-token words"

@@ -36,7 +36,7 @@ import promptmner_space
 from fresh_process import PROJECT_MODULES, _BLOCKER, run_without_project
 from mner_training import RunArguments, model_card, model_from_backbone
 from pipeline_promptmner import MultimodalNERPipeline, save_pipeline
-from tiny_models import tiny_roberta
+from tiny_models import tiny_roberta, tiny_span_model
 
 TEXT = "Kevin Durant arrives in Oklahoma City"
 OTHER_TEXT = "Barack Obama meets Angela Merkel in Berlin"
@@ -44,19 +44,9 @@ SPACE_ID = "org/promptmner-tiny-space"
 MODEL_ID = "org/promptmner-tiny"
 
 
-def tiny_model(processor):
-    """A small random model with continuous prompts whose head is biased so that spans come out as entities."""
-    tokenizer = processor.tokenizer
-    backbone = tiny_roberta(len(tokenizer), tokenizer.pad_token_id, max_positions=64)
-    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
-    with torch.no_grad():
-        model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def model(tiny_roberta_processor):
-    return tiny_model(tiny_roberta_processor)
+    return tiny_span_model(tiny_roberta_processor)
 
 
 @pytest.fixture(scope="module")
