@@ -4,7 +4,8 @@ This is the library behind `promptmner-predict` and `accelerate launch -m predic
 
 - **Reading** ([`read_lines`], [`parse_line`]): the input is streamed line by line, never loaded whole. A line is
   `{"text": str, "image": path | null, "id": any}`; a bad line (invalid JSON, no text, a missing or unreadable
-  image...) becomes an error record naming its line.
+  image, a lone surrogate such as `"\\ud800"` in its id, text or image, which UTF-8 cannot write...) becomes an
+  error record naming its line.
 - **Sharding** ([`LineBlocks`]): the non-blank lines not done yet are cut into blocks of `batch_size` lines.
   Block `k` belongs to process `k % num_processes` (the processes of any `accelerate launch` topology), and within
   that process to DataLoader worker `j % num_workers`, where `j` counts the process's own blocks; the worker parses
@@ -20,7 +21,8 @@ This is the library behind `promptmner-predict` and `accelerate launch -m predic
   and continues after it, with any number of processes: no line lost, none duplicated, no half line. Memory stays
   bounded by the batch size: a round's records, and at most two blocks per DataLoader worker waiting.
 
-Every output record has `line` (1-based line number in the input) and, when the input line has one, `id`, then
+Every output record has `line` (1-based line number in the input) and, when the input line has one that can be
+written, `id`, then
 either `entities` (the `multimodal-ner` pipeline's output) or `error` (`"ExceptionType: message"`).
 
 The last section writes the best model's predictions on a labelled split for error analysis
@@ -41,6 +43,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from processing_promptmner import check_utf8_text
 from span_utils import bio_to_spans, entity_dicts, spans_to_bio
 from tweet_words import join_words
 
@@ -190,13 +193,34 @@ def error_message(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def check_utf8_value(value: Any, name: str) -> Any:
+    """Return a decoded JSON value if UTF-8 can encode all its strings (keys included), else raise `ValueError`
+    naming the field and where in it (`'id'[2]['a']`) a lone surrogate is (see `check_utf8_text`)."""
+    if isinstance(value, str):
+        return check_utf8_text(value, name)
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            check_utf8_value(item, f"{name}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_utf8_text(key, f"a key of {name}")
+            check_utf8_value(item, f"{name}[{key!r}]")
+    return value
+
+
 def peek_id(line: str) -> Any:
-    """The line's `id` if it is a JSON object with one, else `None` (for error records of otherwise bad lines)."""
+    """The line's `id` if it is a JSON object with one that can be written (no lone surrogate), else `None` (for
+    error records of otherwise bad lines)."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError:
         return None
-    return record.get("id") if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    try:
+        return check_utf8_value(record.get("id"), "'id'")
+    except ValueError:  # parse_record raised this same error for the line: its error record names the id
+        return None
 
 
 def parse_record(line: str, image_dir: Path | None, load_image: Callable[[Path], Any]) -> tuple[Any, dict]:
@@ -210,18 +234,22 @@ def parse_record(line: str, image_dir: Path | None, load_image: Callable[[Path],
         raise ValueError(f"invalid JSON: {err}") from None
     if not isinstance(record, dict):
         raise ValueError(f"a line must be a JSON object, got {type(record).__name__}")
+    # The id first: an id that cannot be written is this line's error, and its error record has no id.
+    record_id = check_utf8_value(record.get("id"), "'id'")
     text = record.get("text")
     if not isinstance(text, str):
         raise ValueError(f"'text' must be a string, got {'nothing' if text is None else type(text).__name__}")
+    check_utf8_text(text, "'text'")
     image = record.get("image")
     if image is not None:
         if not isinstance(image, str) or not image:
             raise ValueError(f"'image' must be a file path or null, got {image!r}")
+        check_utf8_text(image, "'image'")
         path = Path(image)
         if image_dir is not None and not path.is_absolute():
             path = image_dir / path
         image = load_image(path)
-    return record.get("id"), {"text": text, "image": image}
+    return record_id, {"text": text, "image": image}
 
 
 def parse_line(number: int, line: str, image_dir: Path | None, load_image: Callable[[Path], Any]) -> dict:

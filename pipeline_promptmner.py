@@ -46,12 +46,12 @@ from transformers.utils import logging
 
 try:
     from .clip_promptmner import embed_present
-    from .processing_promptmner import PromptMNERProcessor
+    from .processing_promptmner import PromptMNERProcessor, check_utf8_text
     from .span_utils import decode_spans, entity_dicts
     from .tweet_words import split_words
 except ImportError:
     from clip_promptmner import embed_present
-    from processing_promptmner import PromptMNERProcessor
+    from processing_promptmner import PromptMNERProcessor, check_utf8_text
     from span_utils import decode_spans, entity_dicts
     from tweet_words import split_words
 
@@ -260,7 +260,7 @@ class MultimodalNERPipeline(ChunkPipeline):
     def _parse_input(inputs: Any) -> tuple[str, Any]:
         """`(text, image or None)` from a string or a `{"text", "image"}` mapping."""
         if isinstance(inputs, str):
-            return inputs, None
+            return check_utf8_text(inputs, "input text"), None
         if isinstance(inputs, Mapping):
             unknown = sorted(set(inputs) - set(INPUT_KEYS))
             if unknown:
@@ -268,7 +268,7 @@ class MultimodalNERPipeline(ChunkPipeline):
             text = inputs.get("text")
             if not isinstance(text, str):
                 raise ValueError(f"input 'text' must be a string, got {type(text).__name__}")
-            return text, inputs.get("image")
+            return check_utf8_text(text, "input 'text'"), inputs.get("image")
         raise TypeError(
             f"an input must be a string or a dict with 'text' and optionally 'image', got {type(inputs).__name__}"
         )

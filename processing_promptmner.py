@@ -91,6 +91,22 @@ DEFAULT_PROMPT_TEMPLATE = "an image of {}"
 _RUNTIME_ATTRIBUTES = ("_clip_vision", "_clip_model", "_image_transform", "_clip_text_tokenizer", "_vocabulary_embeds")
 
 
+def check_utf8_text(text: str, name: str = "text") -> str:
+    """Return `text` if UTF-8 can encode it, else raise `ValueError` naming `name`, the character and its index.
+
+    A Python string can hold a lone surrogate (`"\\ud800"` in JSON gives one) that no tokenizer, file or JSON
+    writer in UTF-8 accepts; the message says where it is instead of a tokenizer's type error.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{name} holds a lone surrogate U+{ord(text[err.start]):04X} at character {err.start}, "
+            "which UTF-8 cannot encode"
+        ) from None
+    return text
+
+
 class PromptMNERBatch(BatchFeature):
     """The processor's output: a `BatchFeature` whose dict holds only model tensors.
 
@@ -551,6 +567,7 @@ class PromptMNERProcessor(ProcessorMixin):
                 for position, word in enumerate(example):
                     if not word:
                         raise ValueError(f"text[{index}]: word {position} is an empty string")
+                    check_utf8_text(word, f"text[{index}]: word {position}")
                 joined, example_offsets = join_words(example)
                 words.append(list(example))
                 offsets.append(example_offsets)
@@ -568,7 +585,8 @@ class PromptMNERProcessor(ProcessorMixin):
                 f"got {type(text).__name__}"
             )
         words, offsets = [], []
-        for example in examples:
+        for index, example in enumerate(examples):
+            check_utf8_text(example, f"text[{index}]" if is_batched else "text")
             split = split_words(example)
             words.append([word for word, _, _ in split])
             offsets.append([(start, end) for _, start, end in split])

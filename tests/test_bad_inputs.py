@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 import mner_data
+import mner_prediction
 import span_utils
 from configuration_promptmner import PromptMNERConfig
 from mner_training import model_from_backbone
@@ -195,6 +196,16 @@ CALL_CASES = [
     Case("images not a list", lambda c: c.processor(text=[TEXT], images=c.png), TypeError, "one image (or None)"),
     Case("missing image file in a batch", lambda c: c.processor(text=TEXT, images="nowhere.jpg"), FileNotFoundError,
          "nowhere.jpg"),  # fmt: skip
+    Case("text with a lone surrogate", lambda c: c.processor(text="a \ud800 b"), ValueError,
+         "text holds a lone surrogate U+D800 at character 2, which UTF-8 cannot encode"),  # fmt: skip
+    Case("batch text with a lone surrogate", lambda c: c.processor(text=[TEXT, "x\udc00"]), ValueError,
+         "text[1] holds a lone surrogate U+DC00 at character 1"),  # fmt: skip
+    Case(
+        "split word with a lone surrogate",
+        lambda c: c.processor(text=[["Kevin", "Du\udfffrant"]], is_split_into_words=True),
+        ValueError,
+        "text[0]: word 1 holds a lone surrogate U+DFFF at character 2",
+    ),
     Case(
         "an example without an image takes the text-only path",
         lambda c: c.processor(text=[TEXT, TEXT], images=[c.png, None]),
@@ -344,6 +355,10 @@ PIPELINE_CASES = [
     Case("image of another type", lambda c: c.pipe({"text": TEXT, "image": 3.5}), TypeError, "image must be"),
     Case("missing image", lambda c: c.pipe({"text": TEXT, "image": str(c.tmp / "gone.jpg")}), FileNotFoundError,
          "gone.jpg"),  # fmt: skip
+    Case("text with a lone surrogate", lambda c: c.pipe({"text": "a \ud800 b", "image": None}), ValueError,
+         "input 'text' holds a lone surrogate U+D800 at character 2, which UTF-8 cannot encode"),  # fmt: skip
+    Case("string input with a lone surrogate", lambda c: c.pipe("x\udfff y"), ValueError,
+         "input text holds a lone surrogate U+DFFF at character 1"),  # fmt: skip
     Case("empty list", lambda c: c.pipe([]), check=lambda result: result == []),
     Case("blank text", lambda c: c.pipe("   "), check=lambda result: result == []),
 ]
@@ -351,6 +366,49 @@ PIPELINE_CASES = [
 
 @pytest.mark.parametrize("case", params(PIPELINE_CASES))
 def test_pipeline(case, ctx):
+    assert_case(case, ctx)
+
+
+# --- one JSONL line of batch prediction (mner_prediction.parse_line) -------------------------------------------
+
+
+def parsed(ctx, record: Any) -> dict:
+    """`parse_line` of one JSONL line (`record` as JSON, or the raw line if a string); an error record is raised
+    as `ValueError(error)`, so the table checks its message; a good line returns `(id or None, input)`."""
+    line = record if isinstance(record, str) else json.dumps(record)
+    result = mner_prediction.parse_line(5, line, ctx.tmp, ctx.processor.load_image)
+    assert result["line"] == 5
+    if "error" in result:
+        json.dumps(result, ensure_ascii=False).encode("utf-8")  # the error record itself can be written
+        raise ValueError(f"id={result.get('id')!r} {result['error']}")
+    return result
+
+
+LINE_CASES = [
+    Case("id with a lone surrogate", lambda c: parsed(c, {"id": "p\ud800", "text": TEXT}), ValueError,
+         "id=None ValueError: 'id' holds a lone surrogate U+D800 at character 1"),  # fmt: skip
+    Case("nested id with a lone surrogate", lambda c: parsed(c, {"id": {"a": [1, "\udc00"]}, "text": TEXT}),
+         ValueError, "id=None ValueError: 'id'['a'][1] holds a lone surrogate U+DC00"),  # fmt: skip
+    Case("text with a lone surrogate", lambda c: parsed(c, {"id": "p1", "text": "a \ud800 b"}), ValueError,
+         "id='p1' ValueError: 'text' holds a lone surrogate U+D800 at character 2"),  # fmt: skip
+    Case("bad id and bad text: the id is named", lambda c: parsed(c, {"id": "\ud800", "text": 3}), ValueError,
+         "id=None ValueError: 'id' holds a lone surrogate"),  # fmt: skip
+    Case("image path with a lone surrogate", lambda c: parsed(c, {"id": 2, "text": TEXT, "image": "\ud800.png"}),
+         ValueError, "id=2 ValueError: 'image' holds a lone surrogate U+D800 at character 0"),  # fmt: skip
+    Case("missing image file", lambda c: parsed(c, {"id": 3, "text": TEXT, "image": "gone.png"}), ValueError,
+         "gone.png"),  # fmt: skip
+    Case("invalid JSON", lambda c: parsed(c, '{"id": "a", "text": "broken'), ValueError,
+         "id=None ValueError: invalid JSON"),  # fmt: skip
+    Case(
+        "an escaped surrogate pair is one character, not an error",
+        lambda c: parsed(c, '{"id": "\\ud83d\\ude00", "text": "hi \\ud83d\\ude00"}'),
+        check=lambda result: result["id"] == "\U0001F600" and result["input"]["text"] == "hi \U0001F600",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", params(LINE_CASES))
+def test_prediction_lines(case, ctx):
     assert_case(case, ctx)
 
 
@@ -394,7 +452,8 @@ def test_data(case, ctx):
 
 def test_case_count():
     """The issue asks for at least 60 cases across the tables."""
-    tables = [IMAGE_CASES, CALL_CASES, CONSTRUCTION_CASES, CONFIG_CASES, FOLDER_CASES, PIPELINE_CASES, DATA_CASES]
+    tables = [IMAGE_CASES, CALL_CASES, CONSTRUCTION_CASES, CONFIG_CASES, FOLDER_CASES, PIPELINE_CASES, LINE_CASES,
+              DATA_CASES]
     assert sum(map(len, tables)) >= 60
 
 

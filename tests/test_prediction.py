@@ -70,8 +70,24 @@ def image_dir(tmp_path_factory) -> Path:
     return folder
 
 
+# Of every 100 lines, 10 bad ones of every kind (line index % 100 -> the line, a fragment its error must have) ...
+BAD_POSTS = {
+    11: ('{"id": "b", "text": "broken', "ValueError: invalid JSON"),
+    17: (json.dumps({"id": "s", "text": "Kevin \ud800 Durant"}), "'text' holds a lone surrogate U+D800 at character 6"),
+    23: (json.dumps({"text": "x", "image": "missing.png"}), "FileNotFoundError"),
+    29: (json.dumps({"id": "\udc00", "text": "x"}), "'id' holds a lone surrogate U+DC00 at character 0"),
+    37: (json.dumps({"id": 1, "text": 5, "image": "0.png"}), "'text' must be a string, got int"),
+    41: (json.dumps([1, 2]), "a line must be a JSON object, got list"),
+    53: ("{}", "'text' must be a string, got nothing"),
+    67: (json.dumps({"text": "y", "image": "corrupt.png"}), "corrupt.png"),
+    71: (json.dumps({"id": {"post": ["\ud800"]}, "text": "z"}), "'id'['post'][0] holds a lone surrogate U+D800"),
+    83: (json.dumps({"text": "z", "image": 3}), "'image' must be a file path or null, got 3"),
+}
+BLANK_POSTS = {59: "", 97: "   "}  # ... and 2 blank ones (skipped)
+
+
 def posts_lines(count: int) -> list[str]:
-    """`count` JSONL lines: texts with and without images and ids, and every kind of bad line, blank lines too."""
+    """`count` JSONL lines: texts with and without images and ids, 10% bad lines of every kind, blank lines too."""
     lines = []
     for index in range(count):
         record = {"id": f"post-{index}" if index % 5 else index, "text": TWEET_SENTENCES[index % len(TWEET_SENTENCES)]}
@@ -79,12 +95,20 @@ def posts_lines(count: int) -> list[str]:
             del record["id"]
         if index % 3 == 0:
             record["image"] = f"{index % 4}.png"
-        bad = {11: '{"id": "b", "text": "broken', 23: json.dumps({"text": "x", "image": "missing.png"}),
-               37: json.dumps({"id": 1, "image": "0.png"}), 41: json.dumps([1, 2]), 59: "",
-               67: json.dumps({"text": "y", "image": "corrupt.png"}), 83: json.dumps({"text": "z", "image": 3}),
-               97: "   "}  # fmt: skip
-        lines.append(bad.get(index % 100, json.dumps(record)))
+        bad = BAD_POSTS.get(index % 100, (BLANK_POSTS.get(index % 100),))[0]
+        lines.append(json.dumps(record) if bad is None else bad)
     return lines
+
+
+def writable_id(line: str):
+    """The `id` an output record of `line` carries: the input's, when it has one that UTF-8 can write."""
+    try:
+        given = json.loads(line)
+        record_id = given.get("id") if isinstance(given, dict) else None
+        json.dumps(record_id, ensure_ascii=False).encode("utf-8")
+    except (json.JSONDecodeError, UnicodeEncodeError):
+        return None
+    return record_id
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:
@@ -311,6 +335,76 @@ def test_command_writes_error_records_and_all_good_lines(model_folder, pipe, ima
     assert len(target.read_text().splitlines()) == 2
 
 
+def test_command_writes_lone_surrogate_lines_as_error_records(model_folder, image_dir, tmp_path):
+    """A lone surrogate (`"\\ud800"` in JSON) in a line's text, id, nested id or image path fails that line only: its
+    error names the field and the character, its record has no id when the id cannot be written, the run goes on."""
+    lines = [
+        json.dumps({"id": "a", "text": TWEET_SENTENCES[0]}),
+        json.dumps({"id": "b", "text": "Kevin \ud800 Durant"}),
+        json.dumps({"id": "c\udfff", "text": TWEET_SENTENCES[1]}),
+        json.dumps({"id": {"post": [7, "\ud800"]}, "text": TWEET_SENTENCES[2]}),
+        json.dumps({"id": "e", "text": TWEET_SENTENCES[3], "image": "\udc00.png"}),
+        '{"id": "\\ud83d\\ude00", "text": "LeBron \\ud83d\\ude00 in Oakland"}',  # a surrogate pair: one emoji
+        json.dumps({"text": TWEET_SENTENCES[4], "image": "0.png"}),
+    ]
+    source, target = write_jsonl(tmp_path / "in.jsonl", lines), tmp_path / "entities.jsonl"
+    done = run_command(command(model_folder, source, target, image_dir, "--batch_size", "3"), cwd=tmp_path)
+    records = read_records(target)  # strict UTF-8
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r.get("id") for r in records] == ["a", "b", None, None, "e", "\U0001F600", None]
+    errors = {r["line"]: r["error"] for r in records if "error" in r}
+    assert errors == {
+        2: "ValueError: 'text' holds a lone surrogate U+D800 at character 6, which UTF-8 cannot encode",
+        3: "ValueError: 'id' holds a lone surrogate U+DFFF at character 1, which UTF-8 cannot encode",
+        4: "ValueError: 'id'['post'][1] holds a lone surrogate U+D800 at character 0, which UTF-8 cannot encode",
+        5: "ValueError: 'image' holds a lone surrogate U+DC00 at character 0, which UTF-8 cannot encode",
+    }
+    assert all("entities" in records[index] for index in (0, 5, 6))
+    assert "7 lines: 3 predicted, 4 errors" in done.stderr
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread in this process for the test, as in the commands' subprocesses (`child_env`): on this
+    shared 2-core machine two threads per process oversubscribe the CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bad_lines_under_load_give_one_record_per_line_in_order(pipe, posts, image_dir, reference, one_thread,
+                                                                tmp_path):  # fmt: skip
+    """300 lines, 10% bad of every kind (corrupt and missing images, bad JSON, bad or missing text, lone surrogates,
+    empty objects): `promptmner-predict` (the reference run, batches of 4, one DataLoader worker) and the library in
+    this process (batches of 7, no worker) give exactly one record per non-blank line, in input order, an error
+    naming the fault exactly at the bad lines, and the pipeline's own entities at every other line."""
+    lines = posts_lines(300)
+    non_blank = [number for number, line in enumerate(lines, start=1) if line.strip()]
+    bad = {number: BAD_POSTS[(number - 1) % 100][1] for number in non_blank if (number - 1) % 100 in BAD_POSTS}
+    assert len(bad) == 30 and len(non_blank) == 294
+    target = tmp_path / "entities.jsonl"
+    counts = predict_file(pipe, PredictionJob(posts, target, image_dir=image_dir, batch_size=7, num_workers=0))
+    assert (counts["lines"], counts["ok"], counts["errors"]) == (len(non_blank), len(non_blank) - len(bad), len(bad))
+
+    good = [number for number in non_blank if number not in bad]
+    inputs = []
+    for number in good:
+        record = json.loads(lines[number - 1])
+        image = str(image_dir / record["image"]) if "image" in record else None
+        inputs.append({"text": record["text"], "image": image})
+    expected = pipe(inputs, batch_size=8)
+    for name, output in [("promptmner-predict", reference.decode("utf-8")), ("predict_file", target.read_text())]:
+        records = [json.loads(line) for line in output.splitlines()]
+        assert [r["line"] for r in records] == non_blank, name
+        errors = {r["line"]: r["error"] for r in records if "error" in r}
+        assert set(errors) == set(bad), name
+        for number, fragment in bad.items():
+            assert fragment in errors[number], f"{name}, line {number}: {fragment!r} not in {errors[number]!r}"
+        assert [r.get("id") for r in records] == [writable_id(lines[number - 1]) for number in non_blank], name
+        assert_same_entities([r["entities"] for r in records if "entities" in r], expected)
+
+
 # --- interruption and resume --------------------------------------------------------------------------------------
 
 
@@ -403,12 +497,12 @@ def test_two_processes_write_the_same_file_as_one(model_folder, posts, image_dir
     non_blank = [number for number, line in enumerate(lines, start=1) if line.strip()]
     assert [r["line"] for r in records] == non_blank  # input order, blank lines skipped
     errors = sum("error" in r for r in records)
-    assert errors == 18 and f"{len(non_blank)} lines: {len(non_blank) - 18} predicted, 18 errors" in done.stderr
+    bad = sum((number - 1) % 100 in BAD_POSTS for number in non_blank)
+    assert errors == bad and f"{len(non_blank)} lines: {len(non_blank) - bad} predicted, {bad} errors" in done.stderr
     assert "2 processes" in done.stderr
     for record in records:
-        line = lines[record["line"] - 1]
-        given = json.loads(line) if line.startswith("{") and not line.endswith("broken") else {}
-        assert record.get("id") == given.get("id")  # passed through when present (error records too), else absent
+        # passed through when present and writable (error records too), else absent
+        assert record.get("id") == writable_id(lines[record["line"] - 1])
     assert sum("id" in record for record in records) > 200
 
 
