@@ -3,7 +3,8 @@
     python explain_prompts.py --model outputs/promptmner --image tweet.jpg [--top 10] [--nearest 3] [--json]
 
 Loads the processor and the model saved in `--model` (a folder or a Hub repo id), encodes each image with the
-processor's CLIP image tower, and ranks the MODEL's prompt embeddings by `p(P_i | I)` at the model's temperature.
+processor's CLIP image tower, and ranks the MODEL's prompt embeddings by `p(P_i | I)` as the model computes it
+(its temperature; with the issue-15 options, its standardised image embeddings and learned temperature).
 Discrete prompts are shown as their vocabulary words. Continuous prompts are shown by index, each with the nearest
 words of the processor's vocabulary when `prompt_vocabulary_embeds.safetensors` (written by a processor that had
 CLIP's text tower) is in the model folder or given with `--vocabulary_embeds`.
@@ -54,17 +55,25 @@ def find_vocabulary_embeds(model: str, explicit: str | None) -> str | None:
 
 
 def explain_images(model, processor, images, top: int = 10, nearest: int = 3, vocab_embeds=None):
-    """`prompt_vocabularies.explain` for image files, with the model's prompts and temperature."""
+    """`prompt_vocabularies.explain` for image files, with the model's prompts and the model's own
+    `p(P_i | I)` (`visual_clues.prompt_probabilities`: standardised images and a learned or fixed temperature when
+    the model has those options)."""
+    import torch
+
     clues = model.promptmner.visual_clues
+    image_embeds = processor.encode_images(list(images))
+    with torch.no_grad():
+        probabilities = clues.prompt_probabilities(image_embeds.to(clues.prompt_embeds.device))  # (N, K)
     return explain(
-        processor.encode_images(list(images)),
-        clues.prompt_embeds,
-        clues.logit_scale,
+        image_embeds,
+        clues.prompt_embeds.detach(),
+        float(torch.as_tensor(clues.current_logit_scale()).detach()),
         processor.prompt_vocabulary,
         continuous=model.config.prompt_kind == "continuous",
         vocab_embeds=vocab_embeds,
         k=top,
         num_words=nearest,
+        probabilities=probabilities.float().cpu(),
     )
 
 

@@ -377,12 +377,15 @@ def explain(
     vocab_embeds: Any = None,
     k: int = 5,
     num_words: int = 3,
+    probabilities: Any = None,
 ) -> list[list[dict[str, Any]]]:
     """Per image, its `k` most probable prompts as dicts `{"prompt", "index", "probability"}`.
 
     Discrete prompts are named by their vocabulary word. Continuous prompts are named `"prompt <index>"` and, when
     `vocab_embeds` (the CLIP text embeddings of `vocabulary`) is given, get `"nearest_words"`: the `num_words`
-    closest vocabulary words as `(word, cosine)`.
+    closest vocabulary words as `(word, cosine)`. `probabilities`: the `(N, K)` `p(P_i | I)` already computed (a
+    model's own `visual_clues.prompt_probabilities`, which may standardise the images or learn its temperature);
+    then `image_embeds` and `logit_scale` are not used.
     """
     prompt_embeds = _as_matrix("prompt_embeds", prompt_embeds)
     num_prompts = prompt_embeds.shape[0]
@@ -400,7 +403,14 @@ def explain(
     if continuous and vocab_embeds is not None:
         neighbours = nearest_words(prompt_embeds, vocab_embeds, vocabulary, num_words)
     explanations = []
-    for row in top_prompts(image_embeds, prompt_embeds, names, logit_scale, k):
+    if probabilities is None:
+        ranked = top_prompts(image_embeds, prompt_embeds, names, logit_scale, k)
+    else:
+        probabilities = _as_matrix("probabilities", probabilities)
+        if probabilities.shape[1] != num_prompts:
+            raise ValueError(f"probabilities have {probabilities.shape[1]} columns for {num_prompts} prompts")
+        ranked = _ranked(probabilities, names, k)
+    for row in ranked:
         entries = []
         for name, probability in row:
             entry = {"prompt": name, "index": index_of[name], "probability": probability}

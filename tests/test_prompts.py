@@ -404,6 +404,42 @@ def test_cli_explains_continuous_prompts_with_nearest_words(continuous_model_dir
             assert nearest.endswith("(1.000)")
 
 
+@pytest.mark.parametrize("learnable", [False, True])
+def test_cli_explains_with_the_models_standardised_images_and_temperature(
+    learnable, bert_tokenizer, tiny_clip_config, tiny_bert, image_file, tmp_path, capsys
+):
+    """A model saved with `standardize_image_embeds` and a temperature of its own (fixed 3, or learned and moved to
+    e^1.5): the CLI's probabilities are the loaded model's `prompt_probabilities`, not CLIP's raw softmax."""
+    processor = processor_with(bert_tokenizer, tiny_clip_config, list(pv.EXPERT_VOCABULARY[:6]))
+    init = pv.initial_prompt_embeds(6, processor.encode_prompts(), torch.Generator().manual_seed(0))
+    model = model_from_backbone(
+        tiny_bert, processor=processor, prompts="continuous", prompt_embeds=init, standardize_image_embeds=True,
+        clip_logit_scale=3.0, learnable_logit_scale=learnable,
+    )  # fmt: skip
+    clues = model.promptmner.visual_clues
+    rng = np.random.default_rng(1)
+    training = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(6)]
+    clues.set_image_statistics(processor.encode_images(training))
+    if learnable:
+        with torch.no_grad():
+            clues.prompt_log_logit_scale.fill_(1.5)
+    processor.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+
+    assert explain_prompts.main(["--model", str(tmp_path), "--image", str(image_file), "--top", "6", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)[str(image_file)]
+    loaded, loaded_processor = explain_prompts.load(str(tmp_path))
+    image_embeds = loaded_processor.encode_images([str(image_file)])
+    with torch.no_grad():
+        expected = loaded.promptmner.visual_clues.prompt_probabilities(image_embeds)[0]
+    assert [entry["index"] for entry in entries] == expected.argsort(descending=True).tolist()
+    np.testing.assert_allclose([entry["probability"] for entry in entries], expected.sort(descending=True).values,
+                               atol=1e-6)  # fmt: skip
+    # and these are not the paper's probabilities (raw embeddings at CLIP's temperature), which the CLI used to show
+    raw = pv.prompt_probabilities(image_embeds, loaded.promptmner.visual_clues.prompt_embeds.detach(), 100.0)[0]
+    assert (raw - expected).abs().max() > 1e-2
+
+
 def test_cli_explains_discrete_prompts_as_json(bert_tokenizer, tiny_clip_config, tiny_bert, image_file, tmp_path, capsys):
     processor = processor_with(bert_tokenizer, tiny_clip_config, pv.load_vocabulary("task_labels"))
     model = model_from_backbone(tiny_bert, processor=processor, prompts="task_labels")
