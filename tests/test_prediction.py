@@ -590,3 +590,34 @@ def test_benchmark_writes_its_section(tmp_path):
     assert re.search(r"are (NOT )?identical byte for byte", body)  # equality itself: the tests above, 1 thread each
     sizes = re.findall(r"^\| (\d+) \| [0-9.]+ MB \| [0-9.]+ MB \| \d+ \| (\d+) MB \| (\d+) MB \|$", body, re.M)
     assert [int(size) for size, _, _ in sizes] == [40, 80] and all(int(rss) > 50 for _, rss, _ in sizes)
+
+
+def test_benchmark_bad_lines_input_and_check(pipe, one_thread, tmp_path):
+    """The input of `prediction_scale.py --bad_lines` (every kind of bad line) and its check of the output: a real
+    output passes with one error record per kind; a record missing, two swapped, a bad line predicted or a good line
+    failed make the check fail."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prediction_scale", REPO_ROOT / "benchmarks" / "prediction_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    images, source, target = tmp_path / "images", tmp_path / "posts.jsonl", tmp_path / "entities.jsonl"
+    bench.write_images(images, 4, size=(64, 48))
+    count = 4 * len(bench.BAD_KINDS)
+    bad = bench.write_bad_posts(source, images, count, bad_every=4, num_images=4)
+    assert sorted(bad) == list(range(4, count + 1, 4)) and sorted(bad.values()) == list(range(len(bench.BAD_KINDS)))
+    predict_file(pipe, PredictionJob(source, target, image_dir=images, batch_size=5, num_workers=0))
+    assert bench.check_one_record_per_line(target, count, bad) == {name: 1 for name, _, _ in bench.BAD_KINDS}
+
+    records = target.read_text(encoding="utf-8").splitlines()
+    first_good = json.loads(records[0])
+    broken = {
+        "a record missing": records[:-1],
+        "two records swapped": [records[1], records[0], *records[2:]],
+        "a bad line predicted": [*records[:3], json.dumps({"line": 4, "entities": []}), *records[4:]],
+        "a good line failed": [json.dumps({"line": 1, "id": first_good["id"], "error": "ValueError: x"}), *records[1:]],
+    }
+    for name, lines in broken.items():
+        write_jsonl(target, lines)
+        with pytest.raises(RuntimeError):
+            bench.check_one_record_per_line(target, count, bad)
