@@ -22,15 +22,13 @@ import pytest
 import torch
 from PIL import Image
 from seqeval.metrics import f1_score, precision_score, recall_score
-from torch.utils.data import DataLoader
 
 import mner_prediction
 from conftest import TWEET_SENTENCES
 from mner_prediction import LineBlocks, PredictionJob, check_job, predict_file, scan_output, write_prediction_files
-from mner_training import model_from_backbone
 from pipeline_promptmner import save_pipeline
 from span_utils import bio_to_spans, entity_scores
-from tiny_models import tiny_roberta
+from tiny_models import assert_same_entities, tiny_span_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,20 +36,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # --- fixtures: a saved tiny model, a posts file with images and bad lines -----------------------------------------
 
 
-def tiny_model(processor):
-    """A small random PromptMNER model whose head is biased so that many spans come out as entities."""
-    tokenizer = processor.tokenizer
-    backbone = tiny_roberta(len(tokenizer), tokenizer.pad_token_id, max_positions=64)
-    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
-    with torch.no_grad():
-        model.span_head.classifier.bias.copy_(torch.tensor([0.0, 0.5, 0.4, 0.3, 0.2]))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def model_folder(tiny_roberta_processor, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model")
-    save_pipeline(tiny_model(tiny_roberta_processor), tiny_roberta_processor, folder)
+    save_pipeline(tiny_span_model(tiny_roberta_processor), tiny_roberta_processor, folder)
     return folder
 
 
@@ -159,16 +147,6 @@ def reference(model_folder, posts, image_dir, tmp_path_factory) -> bytes:
     folder = tmp_path_factory.mktemp("reference")
     run_command(command(model_folder, posts, folder / "entities.jsonl", image_dir), cwd=folder)
     return (folder / "entities.jsonl").read_bytes()
-
-
-def assert_same_entities(actual, expected, tolerance=1e-5):
-    """Same spans, labels and words; scores equal up to float rounding of differently padded batches."""
-    assert len(actual) == len(expected)
-    for got, want in zip(actual, expected):
-        assert [{k: v for k, v in e.items() if k != "score"} for e in got] == [
-            {k: v for k, v in e.items() if k != "score"} for e in want
-        ]
-        assert np.allclose([e["score"] for e in got], [e["score"] for e in want], atol=tolerance, rtol=0)
 
 
 # --- reading and sharding -----------------------------------------------------------------------------------------
