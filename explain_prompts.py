@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 try:
-    from .prompt_vocabularies import PROMPT_VOCABULARY_EMBEDS_NAME, explain, load_vocabulary_embeds
+    from .prompt_vocabularies import (
+        PROMPT_VOCABULARY_EMBEDS_NAME,
+        explain_model_images,
+        find_vocabulary_embeds,
+        load_vocabulary_embeds,
+    )
 except ImportError:
-    from prompt_vocabularies import PROMPT_VOCABULARY_EMBEDS_NAME, explain, load_vocabulary_embeds
+    from prompt_vocabularies import (
+        PROMPT_VOCABULARY_EMBEDS_NAME,
+        explain_model_images,
+        find_vocabulary_embeds,
+        load_vocabulary_embeds,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,45 +45,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.top < 1 or args.nearest < 1:
         parser.error("--top and --nearest must be >= 1")
     return args
-
-
-def find_vocabulary_embeds(model: str, explicit: str | None) -> str | None:
-    """The vocabulary embeddings file: `explicit`, else the one in the model folder / repo, else `None`."""
-    if explicit:
-        return explicit
-    if os.path.isdir(model):
-        path = os.path.join(model, PROMPT_VOCABULARY_EMBEDS_NAME)
-        return path if os.path.isfile(path) else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return hf_hub_download(model, PROMPT_VOCABULARY_EMBEDS_NAME)
-    except EntryNotFoundError:
-        return None
-
-
-def explain_images(model, processor, images, top: int = 10, nearest: int = 3, vocab_embeds=None):
-    """`prompt_vocabularies.explain` for image files, with the model's prompts and the model's own
-    `p(P_i | I)` (`visual_clues.prompt_probabilities`: standardised images and a learned or fixed temperature when
-    the model has those options)."""
-    import torch
-
-    clues = model.promptmner.visual_clues
-    image_embeds = processor.encode_images(list(images))
-    with torch.no_grad():
-        probabilities = clues.prompt_probabilities(image_embeds.to(clues.prompt_embeds.device))  # (N, K)
-    return explain(
-        image_embeds,
-        clues.prompt_embeds.detach(),
-        float(torch.as_tensor(clues.current_logit_scale()).detach()),
-        processor.prompt_vocabulary,
-        continuous=model.config.prompt_kind == "continuous",
-        vocab_embeds=vocab_embeds,
-        k=top,
-        num_words=nearest,
-        probabilities=probabilities.float().cpu(),
-    )
 
 
 def format_explanation(image: str, entries: list[dict]) -> str:
@@ -111,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     vocab_embeds = None
     if model.config.prompt_kind == "continuous":
-        path = find_vocabulary_embeds(args.model, args.vocabulary_embeds)
+        path = args.vocabulary_embeds or find_vocabulary_embeds(args.model)
         if path is None:
             print(
                 f"note: no {PROMPT_VOCABULARY_EMBEDS_NAME}; continuous prompts are shown without nearest words",
@@ -119,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             vocab_embeds, _ = load_vocabulary_embeds(path, processor.prompt_vocabulary, processor.prompt_template)
-    explanations = explain_images(model, processor, args.image, args.top, args.nearest, vocab_embeds)
+    explanations = explain_model_images(
+        model, processor, args.image, k=args.top, num_words=args.nearest, vocab_embeds=vocab_embeds
+    )
     if args.json:
         print(json.dumps(dict(zip(args.image, explanations)), indent=2))
     else:

@@ -40,6 +40,8 @@ __all__ = [
     "TASK_LABELS",
     "VOCABULARIES",
     "explain",
+    "explain_model_images",
+    "find_vocabulary_embeds",
     "initial_prompt_embeds",
     "kmeans_prompt_embeds",
     "load_vocabulary",
@@ -421,6 +423,32 @@ def explain(
     return explanations
 
 
+def explain_model_images(
+    model: Any, processor: Any, images: Sequence[Any], *, k: int = 10, num_words: int = 3, vocab_embeds: Any = None
+) -> list[list[dict[str, Any]]]:
+    """[`explain`] for images, with a PromptMNER model's prompts and `p(P_i | I)` as the model itself computes it
+    (`visual_clues.prompt_probabilities`: its temperature, learned or fixed, and its standardised or whitened image
+    embeddings when it has them). `images`: what the processor's `encode_images` takes (paths, PIL images, arrays).
+    Used by `promptmner-explain` and the Space app, so that both show what the model sees."""
+    import torch
+
+    clues = model.promptmner.visual_clues
+    image_embeds = processor.encode_images(list(images))  # (N, D)
+    with torch.no_grad():
+        probabilities = clues.prompt_probabilities(image_embeds.to(clues.prompt_embeds.device))  # (N, K)
+    return explain(
+        None,
+        clues.prompt_embeds.detach(),
+        None,
+        processor.prompt_vocabulary,
+        continuous=model.config.prompt_kind == "continuous",
+        vocab_embeds=vocab_embeds,
+        k=k,
+        num_words=num_words,
+        probabilities=probabilities.float().cpu(),
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Vocabulary embeddings on disk (for continuous-prompt explanations without CLIP's text tower)
 # ----------------------------------------------------------------------------------------------------------------
@@ -472,3 +500,19 @@ def load_vocabulary_embeds(
             f"{path}: embedded with template {metadata.get('prompt_template')!r}, not {prompt_template!r}"
         )
     return embeds, stored
+
+
+def find_vocabulary_embeds(model: str | os.PathLike) -> str | None:
+    """The `prompt_vocabulary_embeds.safetensors` of a saved model folder or Hub repo, or `None` if it has none
+    (a processor without CLIP's text tower saves none)."""
+    path = os.fspath(model)
+    if os.path.isdir(path):
+        path = os.path.join(path, PROMPT_VOCABULARY_EMBEDS_NAME)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(path, PROMPT_VOCABULARY_EMBEDS_NAME)
+    except EntryNotFoundError:
+        return None

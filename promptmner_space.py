@@ -28,7 +28,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES_FILE = "examples.json"
-VOCABULARY_EMBEDS_FILE = "prompt_vocabulary_embeds.safetensors"
 TYPE_COLORS = {"PER": "#f4a3a3", "LOC": "#a3c9f4", "ORG": "#a8e6a3", "MISC": "#f4d9a3", "OTHER": "#f4d9a3"}
 TEXT_EXAMPLES = [
     "Kevin Durant arrives in Oklahoma City for the game against the Lakers",
@@ -106,20 +105,6 @@ def sibling_module(obj: Any, name: str):
     return importlib.import_module(f"{package}.{name}" if package else name)
 
 
-def vocabulary_embeds_file(model: str) -> str | None:
-    """The model's `prompt_vocabulary_embeds.safetensors` (for nearest words of continuous prompts), if it has one."""
-    if os.path.isdir(model):
-        path = os.path.join(model, VOCABULARY_EMBEDS_FILE)
-        return path if os.path.isfile(path) else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return hf_hub_download(model, VOCABULARY_EMBEDS_FILE)
-    except EntryNotFoundError:
-        return None
-
-
 class PromptExplainer:
     """The prompts of highest `p(P_i|I)` for an image, with the model's prompts and temperature.
 
@@ -147,26 +132,9 @@ class PromptExplainer:
 
     def __call__(self, image) -> list[dict[str, Any]]:
         """`[{"prompt", "index", "probability"[, "nearest_words"]}, ...]`, most probable first."""
-        import torch
-
-        clues = self.model.promptmner.visual_clues
-        with torch.no_grad():
-            image_embeds, logit_scale = self.processor.encode_images([image]), clues.logit_scale
-            # As the prompts see the image: standardised and at the learned temperature when the model has them
-            # (models saved before these options have neither).
-            if hasattr(clues, "standardized"):
-                image_embeds = clues.standardized(image_embeds.to(clues.prompt_embeds.device))
-            if hasattr(clues, "current_logit_scale"):
-                logit_scale = clues.current_logit_scale()
-            return self.vocabularies.explain(
-                image_embeds,
-                clues.prompt_embeds,
-                float(logit_scale),
-                self.processor.prompt_vocabulary,
-                continuous=self.continuous,
-                vocab_embeds=self.vocab_embeds,
-                k=self.top,
-            )[0]
+        return self.vocabularies.explain_model_images(
+            self.model, self.processor, [image], k=self.top, vocab_embeds=self.vocab_embeds
+        )[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -286,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     model = resolve_model(args.model)
     ner = load_pipeline(model)
-    explainer = PromptExplainer(ner, vocabulary_embeds_file(model), top=args.top)
+    vocabularies = sibling_module(ner.processor, "prompt_vocabularies")
+    explainer = PromptExplainer(ner, vocabularies.find_vocabulary_embeds(model), top=args.top)
     demo = build_demo(ner, explainer, model, load_examples())
     # The example images lie next to this file, which may not be the working directory.
     demo.launch(server_name=args.host, server_port=args.port, share=False, allowed_paths=[str(HERE)])

@@ -260,7 +260,7 @@ def test_discrete_kind_round_trip(
     assert torch.isfinite(output.logits).all()
     assert output.prompt_probs.shape == (1, len(vocabulary))
     # the explanation is what the model computed
-    explanation = explain_prompts.explain_images(loaded, loaded_processor, [str(image_file)], top=len(vocabulary))
+    explanation = pv.explain_model_images(loaded, loaded_processor, [str(image_file)], k=len(vocabulary))
     probs = {entry["prompt"]: entry["probability"] for entry in explanation[0]}
     expected = dict(zip(vocabulary, output.prompt_probs[0].tolist()))
     assert probs.keys() == expected.keys()
