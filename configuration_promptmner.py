@@ -9,6 +9,7 @@ The configuration is a `RobertaConfig` (so any BERT-family checkpoint's fields c
 with the fields the multimodal parts need.
 """
 
+import math
 import os
 
 from transformers import AutoConfig, RobertaConfig
@@ -45,6 +46,16 @@ class PromptMNERConfig(RobertaConfig):
             the prompts. The paper scores CLIP's embeddings as they are; but a CLIP image tower fills a narrow cone
             (random towers extremely so: cosines of 0.98 to 1.000 between any two images), where cosines to any
             prompt barely differ between images and `p(P_i|I)` hardly depends on the image.
+        whiten_image_embeds (`bool`, defaults to `False`):
+            Whiten each image embedding with the training images' mean and covariance (ZCA: buffers
+            `image_embeds_mean` / `image_embeds_whitening`, set by `set_image_statistics`; eigenvalues below 1e-3
+            of the largest are raised to it) before the cosine to the prompts. Goes further than
+            `standardize_image_embeds` (use one or the other): what tells images apart can sit in directions of
+            small variance, which a linear probe reads but which barely move a cosine.
+        clue_scale (`float`, defaults to 1.0):
+            Multiplies the projected clue: `clue_i = clue_scale * p(P_i|I) * W s_i + b`. The paper's is 1. With
+            K prompts the probabilities average 1/K, so a clue is K times smaller than a word embedding of the same
+            norm; `clue_scale=K` gives the average clue that size.
         max_span_length (`int`, defaults to 8):
             Longest span, in words, that the span classifier scores; Twitter-2015/2017's longest entities have
             8-9 words.
@@ -83,6 +94,8 @@ class PromptMNERConfig(RobertaConfig):
         clip_logit_scale: float = 100.0,
         learnable_logit_scale: bool = False,
         standardize_image_embeds: bool = False,
+        whiten_image_embeds: bool = False,
+        clue_scale: float = 1.0,
         max_span_length: int = 8,
         span_hidden_size: int = 1024,
         span_dropout: float = 0.5,
@@ -105,6 +118,8 @@ class PromptMNERConfig(RobertaConfig):
         self.clip_logit_scale = clip_logit_scale
         self.learnable_logit_scale = learnable_logit_scale
         self.standardize_image_embeds = standardize_image_embeds
+        self.whiten_image_embeds = whiten_image_embeds
+        self.clue_scale = clue_scale
         self.max_span_length = max_span_length
         self.span_hidden_size = span_hidden_size
         self.span_dropout = span_dropout
@@ -151,13 +166,17 @@ class PromptMNERConfig(RobertaConfig):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{field} must be a positive integer, got {value!r}")
-        if not self.clip_logit_scale > 0:
-            raise ValueError(f"clip_logit_scale must be positive, got {self.clip_logit_scale!r}")
+        for field in ("clip_logit_scale", "clue_scale"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{field} must be a positive number, got {value!r}")
         if not 0.0 <= self.span_dropout < 1.0:
             raise ValueError(f"span_dropout must be in [0, 1), got {self.span_dropout!r}")
-        for field in ("learnable_logit_scale", "standardize_image_embeds"):
+        for field in ("learnable_logit_scale", "standardize_image_embeds", "whiten_image_embeds"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"{field} must be a bool, got {getattr(self, field)!r}")
+        if self.standardize_image_embeds and self.whiten_image_embeds:
+            raise ValueError("standardize_image_embeds and whiten_image_embeds are exclusive (whitening standardises)")
         if not isinstance(self.use_mas, bool):
             raise ValueError(f"use_mas must be a bool, got {self.use_mas!r}")
         if self.type_vocab_size < 2:

@@ -246,6 +246,8 @@ class RunArguments:
     prompt_vocabulary: str | list[str] | None = None
     prompt_init: str = "random"
     standardize_image_embeds: bool = False
+    whiten_image_embeds: bool = False
+    clue_scale: float | None = None
     learnable_temperature: bool = False
     prompt_temperature: float | None = None
     num_prompts: int = 100
@@ -329,12 +331,15 @@ class RunArguments:
 
     def check_rates(self) -> None:
         """Learning rates, warmup, dropout, decay and clipping in their ranges."""
-        rates = ("learning_rate", "head_learning_rate", "prompt_learning_rate", "prompt_temperature", "max_grad_norm")
+        rates = ("learning_rate", "head_learning_rate", "prompt_learning_rate", "prompt_temperature", "max_grad_norm",
+                 "clue_scale")  # fmt: skip
         for name in rates:
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.standardize_image_embeds and self.whiten_image_embeds:
+            raise ValueError("--standardize_image_embeds and --whiten_image_embeds are exclusive: choose one")
         if not 0 <= self.span_dropout < 1:
             raise ValueError(f"--span_dropout must be in [0, 1), got {self.span_dropout}")
         if not self.weight_decay >= 0:
@@ -887,6 +892,25 @@ def results_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def clue_path_note(arguments: RunArguments) -> str:
+    """One card line naming the clue-path options of issue 15 the model was trained with ('' for the paper's)."""
+    if arguments.text_only:
+        return ""
+    options = [
+        "standardised image embeddings" if arguments.standardize_image_embeds else "",
+        "whitened image embeddings" if arguments.whiten_image_embeds else "",
+        "k-means prompts" if arguments.prompts == "continuous" and arguments.prompt_init == "kmeans" else "",
+        f"prompt temperature {arguments.prompt_temperature:g}" if arguments.prompt_temperature is not None else "",
+        "learnable temperature" if arguments.learnable_temperature else "",
+        f"clue scale {arguments.clue_scale:g}" if arguments.clue_scale not in (None, 1.0) else "",
+    ]
+    options = [option for option in options if option]
+    if not options:
+        return ""
+    return (f"\nVisual clue path: {', '.join(options)} (options beyond the paper's method; see the project's "
+            "BENCHMARKS.md, 'Visual clues').\n")  # fmt: skip
+
+
 def model_card(arguments: RunArguments, summary: dict, labels: list[str]):
     """A `huggingface_hub.ModelCard`: metadata with the measured results, usage, and the training arguments."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -923,6 +947,7 @@ def model_card(arguments: RunArguments, summary: dict, labels: list[str]):
     training_args = {k: v for k, v in sorted(settings.items()) if k not in ("hub_token", "prompt_vocabulary")}
     training_args["prompt_vocabulary_size"] = len(arguments.prompt_vocabulary)
     demo_note = f"\n> **Demo model.** {DEMO_CORPUS_NOTE}\n" if arguments.demo else ""
+    demo_note += clue_path_note(arguments)
     body = f"""
 # {card_data.model_name}
 

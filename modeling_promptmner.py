@@ -43,6 +43,7 @@ except ImportError:
 logger = logging.get_logger(__name__)
 
 TEXT, VISUAL = 0, 1
+WHITENING_EPSILON = 1e-3  # `whiten_image_embeds`: eigenvalues are floored at this fraction of the largest
 
 
 @dataclass
@@ -194,7 +195,11 @@ class PromptMNERVisualClues(nn.Module):
         if config.standardize_image_embeds:  # the training images' statistics, set by `set_image_statistics`
             self.register_buffer("image_embeds_mean", torch.zeros(config.clip_embed_dim), persistent=True)
             self.register_buffer("image_embeds_std", torch.ones(config.clip_embed_dim), persistent=True)
+        if config.whiten_image_embeds:  # the training images' mean and ZCA matrix, set by `set_image_statistics`
+            self.register_buffer("image_embeds_mean", torch.zeros(config.clip_embed_dim), persistent=True)
+            self.register_buffer("image_embeds_whitening", torch.eye(config.clip_embed_dim), persistent=True)
         self.projection = nn.Linear(config.clip_embed_dim, config.hidden_size)
+        self.clue_scale = float(config.clue_scale)
 
     def current_logit_scale(self) -> torch.Tensor | float:
         """The temperature `1/tau` in use: CLIP's fixed one, or the learned `exp(prompt_log_logit_scale)`."""
@@ -204,24 +209,39 @@ class PromptMNERVisualClues(nn.Module):
 
     @torch.no_grad()
     def set_image_statistics(self, image_embeds: torch.Tensor) -> None:
-        """Store the per-dimension mean and standard deviation of `(N, D)` image embeddings (the training images')
-        for `standardize_image_embeds`."""
+        """Store the statistics of `(N, D)` image embeddings (the training images'): the per-dimension mean and
+        standard deviation for `standardize_image_embeds`, the mean and the ZCA whitening matrix
+        `U diag((lambda + 1e-3 lambda_max)^-1/2) Uᵀ` of their covariance for `whiten_image_embeds`."""
         if not hasattr(self, "image_embeds_mean"):
-            raise ValueError("set_image_statistics needs a model configured with standardize_image_embeds=True")
+            raise ValueError(
+                "set_image_statistics needs a model configured with standardize_image_embeds=True or "
+                "whiten_image_embeds=True"
+            )
         image_embeds = torch.as_tensor(image_embeds, dtype=torch.float32)
         if image_embeds.ndim != 2 or image_embeds.shape[1] != self.image_embeds_mean.shape[0] or len(image_embeds) < 2:
             expected = f"(N >= 2, {self.image_embeds_mean.shape[0]})"
             raise ValueError(f"image_embeds must have shape {expected}, got {tuple(image_embeds.shape)}")
+        image_embeds = image_embeds.to(self.image_embeds_mean.device)
         self.image_embeds_mean.copy_(image_embeds.mean(dim=0))
-        self.image_embeds_std.copy_(image_embeds.std(dim=0).clamp_min(1e-6))
+        if hasattr(self, "image_embeds_std"):
+            self.image_embeds_std.copy_(image_embeds.std(dim=0).clamp_min(1e-6))
+        if hasattr(self, "image_embeds_whitening"):
+            covariance = torch.cov(image_embeds.double().T)  # (D, D)
+            eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+            floor = WHITENING_EPSILON * eigenvalues.max().clamp_min(1e-12)
+            scales = (eigenvalues.clamp_min(0) + floor).rsqrt()  # (D,)
+            self.image_embeds_whitening.copy_((eigenvectors * scales) @ eigenvectors.T)
 
     def prompt_probabilities(self, image_embeds: torch.FloatTensor) -> torch.FloatTensor:
         """`p(P_i | I)` for each image: `(B, D)` image embeddings -> `(B, K)` probabilities."""
         return prompt_softmax(self.standardized(image_embeds), self.prompt_embeds, self.current_logit_scale())  # (B, K)
 
     def standardized(self, image_embeds: torch.FloatTensor) -> torch.FloatTensor:
-        """`(B, D)` image embeddings as the prompts see them: standardised with `standardize_image_embeds`, else
-        unchanged."""
+        """`(B, D)` image embeddings as the prompts see them: standardised with `standardize_image_embeds`,
+        whitened with `whiten_image_embeds`, else unchanged."""
+        if hasattr(self, "image_embeds_whitening"):
+            centered = image_embeds.to(self.image_embeds_mean.dtype) - self.image_embeds_mean
+            return centered @ self.image_embeds_whitening  # (B, D); the ZCA matrix is symmetric
         if not hasattr(self, "image_embeds_mean"):
             return image_embeds
         return (image_embeds - self.image_embeds_mean) / self.image_embeds_std  # (B, D)
@@ -230,6 +250,8 @@ class PromptMNERVisualClues(nn.Module):
         probs = self.prompt_probabilities(image_embeds)  # (B, K)
         # projection(p_i * s_i) = p_i * (W s_i) + b: the K prompts are projected once, not once per example.
         projected = F.linear(self.prompt_embeds, self.projection.weight)  # (K, H)
+        if self.clue_scale != 1.0:
+            projected = self.clue_scale * projected
         return probs.unsqueeze(-1) * projected + self.projection.bias, probs  # (B, K, H), (B, K)
 
 
@@ -484,7 +506,10 @@ class PromptMNERPreTrainedModel(PreTrainedModel):
                 init.constant_(module.prompt_log_logit_scale, math.log(module.logit_scale))
             if hasattr(module, "image_embeds_mean"):
                 init.zeros_(module.image_embeds_mean)
+            if hasattr(module, "image_embeds_std"):
                 init.ones_(module.image_embeds_std)
+            if hasattr(module, "image_embeds_whitening"):
+                init.eye_(module.image_embeds_whitening)
 
 
 class PromptMNERModel(PromptMNERPreTrainedModel):

@@ -135,6 +135,17 @@ def parse_args(argv: list[str] | None = None) -> RunArguments:
         help="standardise image embeddings with the training images' mean and std before scoring the prompts "
         "(not in the paper; recommended with continuous prompts, see BENCHMARKS.md 'Visual clues')",
     )
+    model.add_argument(
+        "--whiten_image_embeds",
+        action="store_true",
+        help="whiten image embeddings (ZCA with the training images' mean and covariance) before scoring the "
+        "prompts; instead of --standardize_image_embeds (not in the paper; see BENCHMARKS.md 'Visual clues')",
+    )
+    model.add_argument(
+        "--clue_scale",
+        type=float,
+        help="multiply the projected clues p(P_i|I) W s_i (default 1, the paper's; see BENCHMARKS.md 'Visual clues')",
+    )
     model.add_argument("--prompt_temperature", type=float, help="1/tau of p(P_i|I) (default: the CLIP's own, 100)")
     model.add_argument("--learnable_temperature", action="store_true", help="learn 1/tau, from its initial value")
     model.add_argument("--num_prompts", type=int, help="number of continuous prompts (paper: 100)")
@@ -259,7 +270,7 @@ def build_model(
     args: RunArguments, processor: PromptMNERProcessor, train_data: datasets.Dataset
 ) -> PromptMNERForSpanNER:
     """A new PromptMNER on the text backbone, with the ablation switches and the clue-path options applied (the
-    training images' embeddings give the standardisation statistics and the k-means centroids)."""
+    training images' embeddings give the standardisation or whitening statistics and the k-means centroids)."""
     generator = torch.Generator().manual_seed(args.seed)
     prompt_embeds = None
     if args.prompts == "continuous" and args.prompt_init == "vocabulary":
@@ -269,6 +280,10 @@ def build_model(
         options["clip_logit_scale"] = args.prompt_temperature
     if args.standardize_image_embeds and not args.text_only:
         options["standardize_image_embeds"] = True
+    if args.whiten_image_embeds and not args.text_only:
+        options["whiten_image_embeds"] = True
+    if args.clue_scale is not None:
+        options["clue_scale"] = args.clue_scale
     model = model_from_backbone(
         args.model_name_or_path,
         processor=processor,
@@ -279,11 +294,12 @@ def build_model(
         use_mas=not args.no_mas,
         **options,
     )
-    if args.text_only or not (args.standardize_image_embeds or args.prompt_init == "kmeans"):
+    image_statistics = args.standardize_image_embeds or args.whiten_image_embeds
+    if args.text_only or not (image_statistics or args.prompt_init == "kmeans"):
         return model
     images = torch.tensor([row for row in train_data["image_embeds"] if row is not None])  # (N, D)
     clues = model.promptmner.visual_clues
-    if args.standardize_image_embeds:
+    if image_statistics:
         clues.set_image_statistics(images)
     if args.prompts == "continuous" and args.prompt_init == "kmeans":
         with torch.no_grad():

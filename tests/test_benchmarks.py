@@ -83,7 +83,7 @@ def test_visual_clues_script_reports_probe_model_text_only_and_shuffled(tmp_path
     """Every family on a tiny corpus, one epoch, two seeds, two candidates: the before/after table quotes the stored
     runs' means, the shuffled images and text-only runs are there, and a second call trains nothing."""
     runs, output = tmp_path / "runs", tmp_path / "BENCHMARKS.md"
-    args = ["--num_train", "24", "--num_test", "12", "--epochs", "1", "--seeds", "0,1",
+    args = ["--num_train", "70", "--num_test", "12", "--epochs", "1", "--seeds", "0,1",
             "--candidates", "paper,recommended", "--output_dir", str(runs), "--output", str(output),
             "--write"]  # fmt: skip
     first = run_script("visual_clues.py", *args)
@@ -101,7 +101,7 @@ def test_visual_clues_script_reports_probe_model_text_only_and_shuffled(tmp_path
             accuracies = [r["test"]["accuracy"] for r in mine if r["candidate"] == candidate]
             assert value == pytest.approx(100 * statistics.mean(accuracies), abs=0.06)
         assert row[-1].strip() in ("met", "not met")
-    assert "| standardised, k-means prompts" in body
+    assert "| whitened, 64 k-means prompts" in body  # the recommended row (64 prompts: 70 training images)
 
     second = run_script("visual_clues.py", *args)
     assert "seed 0 ..." in first and "seed 0 ..." not in second

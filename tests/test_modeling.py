@@ -453,6 +453,59 @@ def test_standardized_image_embeddings_use_the_training_statistics_and_round_tri
     torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=0, rtol=0)
 
 
+def test_whitened_image_embeddings_use_the_training_covariance_and_round_trip(tmp_path):
+    """`whiten_image_embeds`: the prompts see `(v - mean) W` with W the ZCA matrix of the training images'
+    covariance, so a direction of tiny variance that tells two images apart weighs as much as a large one."""
+    model = random_model(whiten_image_embeds=True, clip_logit_scale=10.0)
+    clues = model.promptmner.visual_clues
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.logspace(0, -1.5, CLIP_DIM)  # per-direction spread from 1 down to 0.03 (variance 1e-3)
+    basis = torch.linalg.qr(torch.randn(CLIP_DIM, CLIP_DIM, generator=generator)).Q
+    train_images = 3.0 + (torch.randn(400, CLIP_DIM, generator=generator) * scales) @ basis.T
+    before = clues.prompt_probabilities(train_images[:2])  # the identity before the statistics: the paper's
+    paper = random_model(seed=0, clip_logit_scale=10.0).promptmner.visual_clues
+    torch.testing.assert_close(before, paper.prompt_probabilities(train_images[:2]))
+    clues.set_image_statistics(train_images)
+    whitened = clues.standardized(train_images)
+    covariance = torch.cov(whitened.T)
+    eigenvalues = torch.linalg.eigvalsh(covariance)
+    assert eigenvalues.max() == pytest.approx(1.0, abs=0.01)  # the largest direction is unit variance ...
+    assert eigenvalues.min() > 0.4  # ... and the smallest (1e-3 of it before, at the floor) to about a half
+    torch.testing.assert_close(whitened.mean(0), torch.zeros(CLIP_DIM), atol=1e-4, rtol=0)
+    cosine = torch.nn.functional.cosine_similarity(whitened[:3, None], clues.prompt_embeds[None], dim=-1)
+    torch.testing.assert_close(clues.prompt_probabilities(train_images[:3]), (10.0 * cosine).softmax(-1))
+
+    model.save_pretrained(tmp_path)
+    loaded = PromptMNERForSpanNER.from_pretrained(tmp_path).eval()
+    assert loaded.config.whiten_image_embeds
+    torch.testing.assert_close(loaded.promptmner.visual_clues.image_embeds_whitening, clues.image_embeds_whitening,
+                               atol=0, rtol=0)  # fmt: skip
+    batch = collate([make_example(5, seed=2), make_example(3, seed=4)], images=[True, True])
+    torch.testing.assert_close(loaded(**batch).logits, model.eval()(**batch).logits, atol=0, rtol=0)
+
+
+def test_clue_scale_multiplies_the_projected_clues_and_round_trips(tmp_path):
+    """`clue_scale`: `clue_i = clue_scale * p_i * W s_i + b`; the same weights at the default 1 give the paper's."""
+    paper, scaled = random_model(seed=0), random_model(seed=0, clue_scale=8.0)
+    image = torch.randn(3, CLIP_DIM, generator=torch.Generator().manual_seed(0))
+    clues_1, probs_1 = paper.promptmner.visual_clues(image)
+    clues_8, probs_8 = scaled.promptmner.visual_clues(image)
+    torch.testing.assert_close(probs_8, probs_1, atol=0, rtol=0)
+    bias = paper.promptmner.visual_clues.projection.bias
+    torch.testing.assert_close(clues_8 - bias, 8.0 * (clues_1 - bias))
+    batch = collate([make_example(5, seed=2), make_example(3, seed=4)], images=[True, True])
+    assert not torch.allclose(scaled(**batch).logits, paper(**batch).logits)
+    scaled.save_pretrained(tmp_path)
+    loaded = PromptMNERForSpanNER.from_pretrained(tmp_path).eval()
+    assert loaded.config.clue_scale == 8.0
+    torch.testing.assert_close(loaded(**batch).logits, scaled(**batch).logits)
+
+
+def test_standardising_and_whitening_are_exclusive():
+    with pytest.raises(ValueError, match="standardize_image_embeds and whiten_image_embeds"):
+        tiny_config(standardize_image_embeds=True, whiten_image_embeds=True)
+
+
 def test_image_statistics_need_the_option_and_a_matching_shape():
     with pytest.raises(ValueError, match="standardize_image_embeds"):
         random_model().promptmner.visual_clues.set_image_statistics(torch.randn(4, CLIP_DIM))
@@ -579,6 +632,9 @@ def test_base_model_loads_from_task_checkpoint(tmp_path):
         ("use_mas", "yes"),
         ("learnable_logit_scale", 1),
         ("standardize_image_embeds", "yes"),
+        ("whiten_image_embeds", 1),
+        ("clue_scale", 0.0),
+        ("clue_scale", float("nan")),
     ],
 )
 def test_invalid_config_names_the_field(field, value):

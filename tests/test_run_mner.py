@@ -154,6 +154,9 @@ ARGUMENT_CASES = [
     ("empty resume", {"resume_from_checkpoint": ""}, ValueError, r"--resume_from_checkpoint must be"),
     ("push without id", {"push_to_hub": True}, ValueError, r"--push_to_hub needs --hub_model_id"),
     ("bad prompt init", {"prompt_init": "zeros"}, ValueError, r"--prompt_init must be"),
+    ("zero clue scale", {"clue_scale": 0.0}, ValueError, r"--clue_scale must be positive"),
+    ("standardise and whiten", {"standardize_image_embeds": True, "whiten_image_embeds": True}, ValueError,
+     r"--standardize_image_embeds and --whiten_image_embeds are exclusive"),
 ]
 
 
@@ -695,3 +698,27 @@ def test_clue_path_options_of_issue_15_train_and_are_saved(twitter_slice, tiny_b
     assert not torch.equal(clues.image_embeds_std, torch.ones_like(clues.image_embeds_std))
     assert clues.current_logit_scale().item() != pytest.approx(10.0, abs=1e-4)  # learned
     torch.testing.assert_close(clues.prompt_embeds.norm(dim=-1), torch.ones(4), atol=0.2, rtol=0)  # near unit centroids
+
+
+def test_whitening_and_clue_scale_reach_the_saved_model(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
+    """--whiten_image_embeds and --clue_scale (issue 15's recommended flags): the saved model whitens with the
+    training images' covariance (not the identity it starts from) and multiplies its clues by 8."""
+    output = tmp_path / "run"
+    options = ["--whiten_image_embeds", "--clue_scale", "8", "--prompt_init", "kmeans", "--prompt_temperature", "10"]
+    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, output, *options), cwd=tmp_path)
+    from modeling_promptmner import PromptMNERForSpanNER
+
+    model = PromptMNERForSpanNER.from_pretrained(output).eval()
+    assert model.config.whiten_image_embeds and not model.config.standardize_image_embeds
+    assert model.config.clue_scale == 8.0 and model.promptmner.visual_clues.clue_scale == 8.0
+    clues = model.promptmner.visual_clues
+    assert clues.image_embeds_mean.abs().max() > 0
+    identity = torch.eye(clues.image_embeds_whitening.shape[0])
+    assert not torch.allclose(clues.image_embeds_whitening, identity)
+    torch.testing.assert_close(clues.image_embeds_whitening, clues.image_embeds_whitening.T)  # ZCA: symmetric
+    card = (output / "README.md").read_text()
+    note = "Visual clue path: whitened image embeddings, k-means prompts, prompt temperature 10, clue scale 8"
+    assert note in card
+    assert "Visual clue path" not in mner_training.model_card(
+        mner_training.RunArguments(train_file="a.txt", validation_file="b.txt"), {"results": {}}, ["O", "PER"]
+    ).text  # the paper's clue path: no note
