@@ -80,7 +80,7 @@ def test_quality_script_reports_the_mean_of_its_runs_and_resumes(tmp_path):
 
 
 def test_visual_clues_script_reports_probe_model_text_only_and_shuffled(tmp_path):
-    """Every family on a tiny corpus, one epoch, two seeds, two candidates: the before/after table quotes the stored
+    """Every family on a tiny corpus, one epoch, two seeds, two candidates: the tables quote the stored
     runs' means, the shuffled images and text-only runs are there, and a second call trains nothing."""
     runs, output = tmp_path / "runs", tmp_path / "BENCHMARKS.md"
     args = ["--num_train", "70", "--num_test", "12", "--epochs", "1", "--seeds", "0,1",
@@ -102,6 +102,10 @@ def test_visual_clues_script_reports_probe_model_text_only_and_shuffled(tmp_path
             assert value == pytest.approx(100 * statistics.mean(accuracies), abs=0.06)
         assert row[-1].strip() in ("met", "not met")
     assert "| whitened, 64 k-means prompts" in body  # the recommended row (64 prompts: 70 training images)
+    paper_row = next(line for line in body.splitlines() if line.startswith("| paper: ")).split("|")[2:-2]
+    for family, cell in zip(("shapes", "textures", "layouts"), paper_row):  # "(b) ((d)) / fit of the training names"
+        fits = [r["train"]["accuracy"] for r in records if r["family"] == family and r["candidate"] == "paper"]
+        assert int(cell.split("/")[-1]) == round(100 * statistics.mean(fits))
 
     second = run_script("visual_clues.py", *args)
     assert "seed 0 ..." in first and "seed 0 ..." not in second
