@@ -38,7 +38,7 @@ from mner_demo import DEMO_CORPUS_NOTE
 from mner_serving import SPACE_FOLDER, WIDGET_EXAMPLES, serving_section, usage_snippets
 from modeling_promptmner import PromptMNERForSpanNER
 from pipeline_promptmner import MultimodalNERPipeline
-from prompt_vocabularies import load_vocabulary
+from prompt_vocabularies import kmeans_prompt_embeds, load_vocabulary
 from span_utils import bio_to_spans, entity_scores
 
 logger = logging.get_logger(__name__)
@@ -204,6 +204,20 @@ def model_from_backbone(
         ", ".join(fresh),
     )
     return model
+
+
+@torch.no_grad()
+def fit_clue_path_to_images(model, image_embeds: torch.Tensor, kmeans_generator: torch.Generator | None = None) -> None:
+    """What a new model's clue path takes from the `(N, D)` embeddings of its training images: the statistics of
+    `standardize_image_embeds` / `whiten_image_embeds` when its config has either, then, with `kmeans_generator`,
+    its continuous prompts at the k-means centroids of the images as the prompts see them (standardised or whitened
+    first; see BENCHMARKS.md, "Visual clues")."""
+    clues = model.promptmner.visual_clues
+    if model.config.standardize_image_embeds or model.config.whiten_image_embeds:
+        clues.set_image_statistics(image_embeds)
+    if kmeans_generator is not None:
+        num_prompts = clues.prompt_embeds.shape[0]
+        clues.prompt_embeds.copy_(kmeans_prompt_embeds(clues.standardized(image_embeds), num_prompts, kmeans_generator))
 
 
 # --- arguments -----------------------------------------------------------------------------------------------

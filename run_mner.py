@@ -47,6 +47,7 @@ from mner_training import (
     copy_file,
     create_optimizer,
     evaluate,
+    fit_clue_path_to_images,
     fmt_prf,
     image_report,
     kill_point,
@@ -68,7 +69,7 @@ from mner_training import (
 from mner_prediction import write_prediction_files
 from modeling_promptmner import PromptMNERForSpanNER
 from processing_promptmner import PromptMNERProcessor, load_tokenizer
-from prompt_vocabularies import initial_prompt_embeds, kmeans_prompt_embeds, prompt_kind
+from prompt_vocabularies import initial_prompt_embeds, prompt_kind
 
 logger = get_logger(__name__)
 
@@ -294,16 +295,11 @@ def build_model(
         use_mas=not args.no_mas,
         **options,
     )
-    image_statistics = args.standardize_image_embeds or args.whiten_image_embeds
-    if args.text_only or not (image_statistics or args.prompt_init == "kmeans"):
+    kmeans = args.prompts == "continuous" and args.prompt_init == "kmeans"
+    if args.text_only or not (args.standardize_image_embeds or args.whiten_image_embeds or kmeans):
         return model
     images = torch.tensor([row for row in train_data["image_embeds"] if row is not None])  # (N, D)
-    clues = model.promptmner.visual_clues
-    if image_statistics:
-        clues.set_image_statistics(images)
-    if args.prompts == "continuous" and args.prompt_init == "kmeans":
-        with torch.no_grad():
-            clues.prompt_embeds.copy_(kmeans_prompt_embeds(clues.standardized(images), args.num_prompts, generator))
+    fit_clue_path_to_images(model, images, generator if kmeans else None)
     return model
 
 

@@ -53,9 +53,9 @@ from transformers import BertConfig, BertModel, get_scheduler
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from mner_demo import DEMO_AMBIGUOUS_NAMES, DEMO_CLIP_CONFIG, DEMO_TYPES, demo_backbone  # noqa: E402
-from mner_training import MNERCollator, create_optimizer, model_from_backbone  # noqa: E402
+from mner_training import MNERCollator, create_optimizer, fit_clue_path_to_images, model_from_backbone  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
-from prompt_vocabularies import initial_prompt_embeds, kmeans_prompt_embeds  # noqa: E402
+from prompt_vocabularies import initial_prompt_embeds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import cpu_name, replace_section  # noqa: E402
@@ -281,16 +281,10 @@ def build_model(candidate: Candidate | None, processor, train_rows: list[dict], 
         prompts = initial_prompt_embeds(candidate.num_prompts, processor.vocabulary_embeds(), generator)
     model = model_from_backbone(backbone, processor=processor, prompts="continuous", prompt_embeds=prompts,
                                 span_dropout=0.1, **candidate.config)  # fmt: skip
-    clues = model.promptmner.visual_clues
     images = torch.tensor([row["image_embeds"] for row in train_rows])  # (N, D)
-    if candidate.config.get("standardize_image_embeds") or candidate.config.get("whiten_image_embeds"):
-        clues.set_image_statistics(images)
-    if candidate.prompt_init == "kmeans":  # centroids of the images as the prompts see them
-        with torch.no_grad():
-            centroids = kmeans_prompt_embeds(clues.standardized(images), candidate.num_prompts, generator)  # (K, D)
-            clues.prompt_embeds.copy_(centroids)
+    fit_clue_path_to_images(model, images, generator if candidate.prompt_init == "kmeans" else None)
     if candidate.projection_std is not None:
-        torch.nn.init.normal_(clues.projection.weight, std=candidate.projection_std)
+        torch.nn.init.normal_(model.promptmner.visual_clues.projection.weight, std=candidate.projection_std)
     return model
 
 
