@@ -38,7 +38,7 @@ from pipeline_promptmner import MultimodalNERPipeline  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import cpu_name, replace_section  # noqa: E402
+from report import cpu_name, publish_section  # noqa: E402
 
 TWITTER_TEST = ROOT.parent / "shared" / "data" / "twitter2015" / "test.txt"
 SECTION = "pipeline-throughput"
@@ -154,11 +154,7 @@ def main() -> None:
     ner = build_pipeline(args.clip)
     with tempfile.TemporaryDirectory() as folder:
         results = measure(ner, texts, write_images(Path(folder), len(texts)), args.batch_size, args.repeats)
-    section = markdown(results, args, source)
-    print(section)
-    if not args.no_write:
-        replace_section(args.output, SECTION, section)
-        print(f"written to {args.output}", file=sys.stderr)
+    publish_section(args.output, SECTION, markdown(results, args, source), write=not args.no_write)
 
 
 if __name__ == "__main__":

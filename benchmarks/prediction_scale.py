@@ -56,7 +56,7 @@ from pipeline_promptmner import save_pipeline  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import cpu_name, replace_section  # noqa: E402
+from report import cpu_name, publish_section  # noqa: E402
 
 SECTION = "prediction-scale"
 BAD_LINES_SECTION = "prediction-bad-lines"
@@ -386,8 +386,6 @@ def bad_lines_markdown(args: argparse.Namespace, result: dict, took: float) -> s
     )
 
 
-
-
 def markdown(args: argparse.Namespace, throughput: dict, memory: list[dict], took: float) -> str:
     one, one_thread, two = (throughput["runs"][name] for name in ("1 process", "1 process, 1 thread", "2 processes"))
     memory_rows = [
@@ -444,19 +442,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             result = measure_bad_lines(args, Path(folder))
         section = bad_lines_markdown(args, result, time.perf_counter() - start)
-        print(section)
-        if not args.no_write:
-            replace_section(args.output, BAD_LINES_SECTION, section)
-            print(f"written to {args.output}", file=sys.stderr)
+        publish_section(args.output, BAD_LINES_SECTION, section, write=not args.no_write)
         return
     with tempfile.TemporaryDirectory() as folder:
         throughput = measure_throughput(args, Path(folder))
         memory = measure_memory(args, Path(folder))
     section = markdown(args, throughput, memory, time.perf_counter() - start)
-    print(section)
-    if not args.no_write:
-        replace_section(args.output, SECTION, section)
-        print(f"written to {args.output}", file=sys.stderr)
+    publish_section(args.output, SECTION, section, write=not args.no_write)
 
 
 if __name__ == "__main__":

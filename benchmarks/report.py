@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 from pathlib import Path
 
 
@@ -23,6 +24,14 @@ def replace_section(path: Path, name: str, text: str) -> None:
     else:
         content = content.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(content, encoding="utf-8")
+
+
+def publish_section(path: Path, name: str, text: str, write: bool = True) -> None:
+    """Print the `name` section's `text` and, with `write`, put it into `path` ([`replace_section`])."""
+    print(text)
+    if write:
+        replace_section(path, name, text)
+        print(f"written to {path}", file=sys.stderr)
 
 
 def cpu_name() -> str:
