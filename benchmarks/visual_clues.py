@@ -58,7 +58,7 @@ from processing_promptmner import PromptMNERProcessor  # noqa: E402
 from prompt_vocabularies import initial_prompt_embeds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import cpu_name, replace_section  # noqa: E402
+from report import cpu_name, publish_section  # noqa: E402
 
 SECTION = "visual-clues"
 LABELS = ("O", *DEMO_TYPES)
@@ -544,11 +544,7 @@ def main(argv=None) -> None:
     for name, entry in summary.items():  # the most frequent type's share of the test names
         types = [row["type"] for row in make_split(FAMILIES[name], args.num_test, f"visual-clues-{name}-test")]
         entry["majority"] = max(types.count(t) for t in DEMO_TYPES) / len(types)
-    text = report(summary, args, sum(r["seconds"] for r in records))
-    print(text)
-    if args.write:
-        replace_section(args.output, SECTION, text)
-        print(f"wrote the {SECTION} section of {args.output}")
+    publish_section(args.output, SECTION, report(summary, args, sum(r["seconds"] for r in records)), write=args.write)
 
 
 if __name__ == "__main__":
