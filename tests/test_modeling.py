@@ -7,7 +7,8 @@ import torch
 from transformers import BertModel
 
 from configuration_promptmner import PromptMNERConfig
-from mner_training import backbone_to_config, create_optimizer, model_from_backbone
+from mner_training import backbone_to_config, create_optimizer, fit_clue_path_to_images, model_from_backbone
+from prompt_vocabularies import kmeans_prompt_embeds
 from tiny_models import tiny_roberta
 from modeling_promptmner import (
     PromptMNERForSpanNER,
@@ -514,6 +515,32 @@ def test_clue_scale_multiplies_the_projected_clues_and_round_trips(tmp_path):
 def test_standardising_and_whitening_are_exclusive():
     with pytest.raises(ValueError, match="standardize_image_embeds and whiten_image_embeds"):
         tiny_config(standardize_image_embeds=True, whiten_image_embeds=True)
+
+
+def test_fit_clue_path_sets_the_statistics_before_the_kmeans_prompts():
+    """`fit_clue_path_to_images` (run_mner and the visual-clues benchmark): the whitening statistics of the training
+    images first, then the prompts at the k-means centroids of the images as whitened; without a generator the
+    prompts stay; a model without the options keeps its neutral clue path."""
+    train_images = 3.0 + 0.1 * torch.randn(60, CLIP_DIM, generator=torch.Generator().manual_seed(0))
+    model = random_model(whiten_image_embeds=True)
+    reference = random_model(whiten_image_embeds=True).promptmner.visual_clues
+    reference.set_image_statistics(train_images)
+    fit_clue_path_to_images(model, train_images, torch.Generator().manual_seed(1))
+    clues = model.promptmner.visual_clues
+    torch.testing.assert_close(clues.image_embeds_whitening, reference.image_embeds_whitening, atol=0, rtol=0)
+    num_prompts = clues.prompt_embeds.shape[0]
+    whitened = reference.standardized(train_images)  # (N, D)
+    centroids = kmeans_prompt_embeds(whitened, num_prompts, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(clues.prompt_embeds.detach(), centroids, atol=0, rtol=0)
+
+    untouched = random_model(whiten_image_embeds=True)
+    prompts = untouched.promptmner.visual_clues.prompt_embeds.detach().clone()
+    fit_clue_path_to_images(untouched, train_images)
+    assert torch.equal(untouched.promptmner.visual_clues.prompt_embeds, prompts)
+    paper = random_model()
+    before = paper.promptmner.visual_clues.prompt_probabilities(train_images[:2])
+    fit_clue_path_to_images(paper, train_images)  # no statistics asked for: set_image_statistics would raise
+    assert torch.equal(paper.promptmner.visual_clues.prompt_probabilities(train_images[:2]), before)
 
 
 def test_image_statistics_need_the_option_and_a_matching_shape():
