@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -589,13 +588,13 @@ def predict_file(pipe, job: PredictionJob, state=None) -> dict:
 
 def _predict_into(pipe, job: PredictionJob, state, handle, progress: Progress, total: int) -> Progress:
     """The prediction loop; the main process appends each round to `handle` and shows a progress bar."""
-    from tqdm.auto import tqdm
+    from mner_console import progress_bar
 
     dataset = LineBlocks(job.input, job.batch_size, pipe.processor.load_image, job.image_dir,
                          state.process_index, state.num_processes, skip=progress.records)  # fmt: skip
     rounds = predict_rounds(pipe, block_loader(dataset, job.num_workers), job.batch_size, job.call_kwargs)
-    with tqdm(total=total, initial=progress.records, unit="line", desc="multimodal-ner", file=sys.stderr,
-              disable=not state.is_main_process) as bar:  # fmt: skip
+    with progress_bar(total, desc="multimodal-ner", unit="lines", initial=progress.records,
+                      disable=not state.is_main_process) as bar:  # fmt: skip
         for records in rounds:
             if state.is_main_process:
                 progress.last_line = write_round(handle, records, progress.last_line)

@@ -46,15 +46,22 @@ GRADIO_TESTED = ("6.31.0", "gradio>=6.31,<7")
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def installed_version(distribution: str) -> str | None:
+    """The installed version of `distribution`, or None when it is not installed."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def compatible_range(distribution: str) -> str:
     """`name>=X.Y,<X+1` around the installed version of `distribution` (e.g. `transformers>=5.24,<6`)."""
-    try:
-        version = metadata.version(distribution)
-    except metadata.PackageNotFoundError:
+    version = installed_version(distribution)
+    if version is None:
         raise RuntimeError(
             f"{distribution} is not installed, so no tested version range can be written for it "
             f"(install it, e.g. `pip install -e \".[space]\"` for gradio)"
-        ) from None
+        )
     parts = version.split("+")[0].split(".")
     major, minor = int(parts[0]), int("".join(c for c in (parts[1] if len(parts) > 1 else "0") if c.isdigit()) or 0)
     return f"{distribution}>={major}.{minor},<{major + 1}"
@@ -66,11 +73,10 @@ def requirements(distributions: Sequence[str]) -> str:
 
 
 def gradio_version_and_range() -> tuple[str, str]:
-    """The Space's gradio: `(sdk_version, requirement)`, from the installed gradio, else the tested range."""
-    try:
-        return metadata.version("gradio"), compatible_range("gradio")
-    except RuntimeError:  # not installed: training does not need it
-        return GRADIO_TESTED
+    """The Space's gradio: `(sdk_version, requirement)`, from the installed gradio, else the tested range (gradio is
+    an optional extra: training writes the Space folder without it)."""
+    version = installed_version("gradio")
+    return (version, compatible_range("gradio")) if version is not None else GRADIO_TESTED
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -196,7 +196,7 @@ def model_from_backbone(
     derived = {}
     for how in report["derived"].values():
         derived[how] = derived.get(how, 0) + 1
-    logger.warning(
+    logger.info(
         "PromptMNER from backbone %s: %d tensors copied; derived: %s; initialised fresh: %s",
         getattr(backbone.config, "_name_or_path", None) or type(backbone).__name__,
         len(report["copied"]),
@@ -598,6 +598,18 @@ def image_report(data: datasets.DatasetDict) -> dict:
         errors = [e for e in dataset["image_error"] if e is not None]
         report[split] = {"examples": len(dataset), "text_only": len(errors), "first_errors": errors[:3]}
     return report
+
+
+def format_image_report(report: dict) -> str:
+    """[`image_report`] as sentences: one per split, then the first reasons of each split that has text-only
+    examples."""
+    lines = []
+    for split, row in report.items():
+        with_image = row["examples"] - row["text_only"]
+        lines.append(f"  {split}: {row['examples']} examples, {with_image} with an image, "
+                     f"{row['text_only']} on the text-only path")  # fmt: skip
+        lines += [f"    e.g. {error}" for error in row["first_errors"]]
+    return "\n".join(lines)
 
 
 # --- batches -------------------------------------------------------------------------------------------------

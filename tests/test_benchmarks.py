@@ -3,22 +3,22 @@
 import json
 import re
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from processes import REPO_ROOT, child_env, run
+
+pytestmark = pytest.mark.slow  # every benchmark script runs in a subprocess
 TWITTER2015 = REPO_ROOT.parent / "shared" / "data" / "twitter2015"
 
 
 def run_script(script: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    """A benchmark script run to its end (with the `benchmarks` extra's packages, which it may need)."""
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args]
+    return run(command, REPO_ROOT, env=child_env(hide_extras=False)).stdout
 
 
 def section(markdown: str, name: str) -> str:

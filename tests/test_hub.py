@@ -8,13 +8,14 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from fresh_process import offline_hub_cache, run_without_project
+from processes import offline_hub_cache, run_python
 from tiny_models import tiny_span_model
 
 REPO_ID = "org/promptmner-tiny"
 TEXT = "Kevin Durant arrives in Oklahoma City"
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_by_repo_id_in_a_fresh_process(tiny_roberta_processor, tmp_path):
     processor = tiny_roberta_processor
     model = tiny_span_model(processor)
@@ -40,7 +41,7 @@ def test_saved_folder_loads_by_repo_id_in_a_fresh_process(tiny_roberta_processor
     offline_hub_cache(folder, cache, REPO_ID)
     np.save(tmp_path / "expected_logits.npy", expected.logits.numpy())
     save_file({name: t.contiguous() for name, t in model.state_dict().items()}, tmp_path / "expected_state.safetensors")
-    output = run_without_project(
+    output = run_python(
         f"""
         import json, sys
         import numpy as np, torch
@@ -68,7 +69,7 @@ def test_saved_folder_loads_by_repo_id_in_a_fresh_process(tiny_roberta_processor
         }}))
         """,
         cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_MODULES_CACHE": str(tmp_path / "modules")},
+        HF_HUB_CACHE=str(cache), HF_MODULES_CACHE=str(tmp_path / "modules"),
     )
     result = json.loads(output.strip().splitlines()[-1])
     for key in ("config_class", "model_class", "processor_class"):

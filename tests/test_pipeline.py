@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import TWEET_SENTENCES
-from fresh_process import offline_hub_cache, run_without_project
+from processes import offline_hub_cache, run_python
 from tiny_models import assert_same_entities, tiny_span_model
 from tweet_words import split_words
 from modeling_promptmner import PromptMNERForSpanNER
@@ -278,6 +278,7 @@ def test_long_text_with_a_random_model_keeps_offsets(pipe, image_file):
 # --- saved with the model, loaded by repo id in a fresh process ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pipeline_loads_by_repo_id_in_a_fresh_process(pipe, model, tiny_roberta_processor, image_file, tmp_path):
     folder = tmp_path / "saved"
     save_pipeline(model, tiny_roberta_processor, folder)
@@ -290,7 +291,7 @@ def test_pipeline_loads_by_repo_id_in_a_fresh_process(pipe, model, tiny_roberta_
     expected = pipe([inputs[0], {"text": TWEET_SENTENCES[1], "image": str(image_file)}])
     cache = tmp_path / "hub"
     offline_hub_cache(folder, cache, REPO_ID)
-    output = run_without_project(
+    output = run_python(
         f"""
         import json
         from transformers import pipeline
@@ -303,7 +304,7 @@ def test_pipeline_loads_by_repo_id_in_a_fresh_process(pipe, model, tiny_roberta_
         }}))
         """,
         cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_MODULES_CACHE": str(tmp_path / "modules")},
+        HF_HUB_CACHE=str(cache), HF_MODULES_CACHE=str(tmp_path / "modules"),
     )
     result = json.loads(output.strip().splitlines()[-1])
     assert result["pipeline_class"].startswith("transformers_modules.")

@@ -25,12 +25,11 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 
 import mner_prediction
 from conftest import TWEET_SENTENCES
+from processes import REPO_ROOT, child_env, run
 from mner_prediction import LineBlocks, PredictionJob, check_job, predict_file, scan_output, write_prediction_files
 from pipeline_promptmner import save_pipeline
 from span_utils import bio_to_spans, entity_scores
 from tiny_models import assert_same_entities, tiny_span_model
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- fixtures: a saved tiny model, a posts file with images and bad lines -----------------------------------------
@@ -109,14 +108,6 @@ def posts(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("posts") / "posts.jsonl", posts_lines(300))
 
 
-def child_env() -> dict:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "ACCELERATE_"))}
-    # One thread per process in every run, so that one and two processes compute bit for bit the same.
-    path = [entry for entry in (env.get("PYTHONPATH"), str(REPO_ROOT)) if entry]
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(path))
-    return env
-
-
 def command(model_folder: Path, source: Path, target: Path, image_dir: Path, *extra: str, processes: int = 1):
     """`promptmner-predict ...` (one process: the installed console script) or
     `accelerate launch --multi_gpu ... -m predict_mner ...`."""
@@ -132,9 +123,9 @@ def command(model_folder: Path, source: Path, target: Path, image_dir: Path, *ex
 
 
 def run_command(arguments: list[str], cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
-    done = subprocess.run(arguments, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == expect, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-    return done
+    # One thread per process in every run (child_env's default), so that one and two processes compute bit for bit
+    # the same.
+    return run(arguments, cwd, expect=expect)
 
 
 def read_records(path: Path) -> list[dict]:
@@ -162,7 +153,7 @@ def test_reader_streams_lines_before_the_input_is_complete(tmp_path):
         with open(fifo, "w", encoding="utf-8") as handle:
             handle.write("\n".join(json.dumps({"text": f"first {i}"}) for i in range(4)) + "\n")
             handle.flush()
-            released.wait(timeout=60)
+            released.wait(timeout=1800)  # only a reader that waits for the end of the input waits this long
             handle.write(json.dumps({"text": "last"}) + "\n")
         finished.set()
 
@@ -236,6 +227,7 @@ def test_bad_arguments_are_named_before_anything_is_opened(tmp_path, monkeypatch
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
 
 
+@pytest.mark.slow
 def test_command_refuses_its_input_as_output_with_exit_status_2(model_folder, posts, image_dir, tmp_path):
     link = tmp_path / "link.jsonl"
     link.symlink_to(posts)
@@ -273,6 +265,7 @@ def test_exit_status(lines, ok, fail_on_error, status):
 # --- the command: error records, input order, ids -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_command_writes_error_records_and_all_good_lines(model_folder, pipe, image_dir, tmp_path):
     image_file = image_dir / "0.png"
     lines = [
@@ -313,6 +306,7 @@ def test_command_writes_error_records_and_all_good_lines(model_folder, pipe, ima
     assert len(target.read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_command_writes_lone_surrogate_lines_as_error_records(model_folder, image_dir, tmp_path):
     """A lone surrogate (`"\\ud800"` in JSON) in a line's text, id, nested id or image path fails that line only: its
     error names the field and the character, its record has no id when the id cannot be written, the run goes on."""
@@ -351,6 +345,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_bad_lines_under_load_give_one_record_per_line_in_order(pipe, posts, image_dir, reference, one_thread,
                                                                 tmp_path):  # fmt: skip
     """300 lines, 10% bad of every kind (corrupt and missing images, bad JSON, bad or missing text, lone surrogates,
@@ -436,6 +431,7 @@ def test_partial_output_keeps_its_complete_blocks_only(tmp_path):
         scan_output(partial)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_file(model_folder, posts, image_dir, reference, tmp_path):
     """kill -9 of a one-process run part way; `--resume` under two processes finishes the same file as an
     uninterrupted run, byte for byte."""
@@ -444,8 +440,7 @@ def test_killed_run_resumes_to_the_same_file(model_folder, posts, image_dir, ref
     with open(tmp_path / "stderr.txt", "w") as log:
         process = subprocess.Popen(command(model_folder, posts, target, image_dir), cwd=tmp_path, env=child_env(),
                                    stdout=log, stderr=log, start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 300
-        while process.poll() is None and time.monotonic() < deadline:
+        while process.poll() is None:  # until 40 records are written (or the run ends, which fails below)
             if partial.exists() and partial.read_bytes().count(b"\n") >= 40:
                 break
             time.sleep(0.005)
@@ -465,6 +460,7 @@ def test_killed_run_resumes_to_the_same_file(model_folder, posts, image_dir, ref
 # --- several processes --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_file_as_one(model_folder, posts, image_dir, reference, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` (gloo on CPU), two DataLoader workers per process."""
     target = tmp_path / "entities.jsonl"
@@ -548,6 +544,7 @@ def test_conll_file_scored_by_seqeval_gives_the_entity_scores(tmp_path):
 # --- the benchmark script -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_benchmark_writes_its_section(tmp_path):
     """`benchmarks/prediction_scale.py` on tiny settings: its section keeps the rest of the file, quotes the ratio
     of the two rows of its table, and has one memory row per input size."""
@@ -556,7 +553,7 @@ def test_benchmark_writes_its_section(tmp_path):
     arguments = [sys.executable, str(REPO_ROOT / "benchmarks" / "prediction_scale.py"), "--lines", "8",
                  "--batch_size", "4", "--repeats", "1", "--memory_lines", "40,80", "--memory_batch_size", "8",
                  "--output", str(output)]  # fmt: skip
-    run_command(arguments, cwd=tmp_path)
+    run(arguments, tmp_path, env=child_env(hide_extras=False))  # the benchmarks' extras (figures) are installed
     text = output.read_text()
     assert text.startswith("# Benchmarks\n\nkept text\n")
     body = text.split("<!-- prediction-scale:start -->")[1].split("<!-- prediction-scale:end -->")[0]

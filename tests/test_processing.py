@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from fresh_process import offline_hub_cache, run_without_project
+from processes import offline_hub_cache, run_python
 
 from clip_promptmner import CLIP_VISION_WEIGHTS_NAME, load_image
 from processing_promptmner import PromptMNERBatch, PromptMNERProcessor
@@ -676,6 +676,7 @@ def test_from_pretrained_checks_the_weights_file(tiny_processor, tmp_path):
         PromptMNERProcessor.from_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_remote_code_and_offline_hub_cache(tiny_processor, tmp_path):
     """AutoProcessor + trust_remote_code in a fresh process, from a copied folder and from an offline Hub cache."""
     saved = _save(tiny_processor, tmp_path / "saved")
@@ -694,7 +695,7 @@ def test_remote_code_and_offline_hub_cache(tiny_processor, tmp_path):
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 70, 3), dtype=np.uint8)).save(image_file)
     expected_file = tmp_path / "expected.npy"
     np.save(expected_file, tiny_processor.encode_images([image_file]).numpy())
-    output = run_without_project(
+    output = run_python(
         f"""
         import json
         import numpy as np, torch
@@ -714,7 +715,7 @@ def test_remote_code_and_offline_hub_cache(tiny_processor, tmp_path):
         print(json.dumps(results))
         """,
         cwd=tmp_path / "elsewhere",
-        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_MODULES_CACHE": str(tmp_path / "modules")},
+        HF_HUB_CACHE=str(cache), HF_MODULES_CACHE=str(tmp_path / "modules"),
     )
     results = json.loads(output.strip().splitlines()[-1])
     for source in (str(folder), repo_id):

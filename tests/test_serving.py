@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import base64
 import json
-import os
 import re
 import shutil
 import socket
@@ -33,7 +32,7 @@ from PIL import Image
 
 import mner_serving
 import promptmner_space
-from fresh_process import PROJECT_MODULES, _BLOCKER, run_without_project
+from processes import PROJECT_MODULES, child_env, run_python, start, stop, wait_for_server
 from mner_training import RunArguments, model_card, model_from_backbone
 from pipeline_promptmner import MultimodalNERPipeline, save_pipeline
 from tiny_models import tiny_roberta, tiny_span_model
@@ -92,43 +91,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_blocked(folder: Path, script: str, arguments: list[str], log: Path) -> subprocess.Popen:
-    """`python <script> <arguments>` in `folder`, in a process that cannot import this package, offline."""
-    launcher = folder / f"launch_blocked_{Path(script).stem}.py"
-    launcher.write_text(
-        _BLOCKER + "import runpy, sys\n"
-        f"sys.argv = {[script, *arguments]!r}\n"
-        f"runpy.run_path({script!r}, run_name='__main__')\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "GRADIO_"))}
-    env.update(
-        GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(log.parent / "modules"),
-        NO_PROXY="127.0.0.1,localhost",
-    )  # fmt: skip
-    return subprocess.Popen(
-        [sys.executable, launcher.name], cwd=folder, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
-    )
+def start_blocked(folder: Path, script: str, arguments: list[str], log: Path, extras: bool = False) -> subprocess.Popen:
+    """`python <script> <arguments>` in `folder`, in a process that cannot import this package (nor, unless
+    `extras`, the optional extras), offline."""
+    env = child_env(hide_project=True, hide_extras=not extras, HF_MODULES_CACHE=str(log.parent / "modules"))
+    return start([sys.executable, script, *arguments], folder, log, env=env)
 
 
 def start_app(space: Path, model: Path, port: int, log: Path) -> subprocess.Popen:
-    """The Space's `python app.py --model <folder>`, bound to 127.0.0.1."""
-    return start_blocked(space, "app.py", ["--model", str(model), "--host", "127.0.0.1", "--port", str(port)], log)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    process.wait(timeout=30)
-
-
-def wait_for_server(process: subprocess.Popen, port: int, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}:\n{log.read_text()}")
-        if f"127.0.0.1:{port}" in log.read_text():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"the server did not start within {timeout} s:\n{log.read_text()}")
+    """The Space's `python app.py --model <folder>` (gradio is its requirement), bound to 127.0.0.1."""
+    arguments = ["--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    return start_blocked(space, "app.py", arguments, log, extras=True)
 
 
 # --- the endpoint files in every saved model folder ---------------------------------------------------------------
@@ -231,12 +204,11 @@ def endpoint_results(saved_folder, images, tmp_path_factory) -> dict:
     (work / "good.json").write_text(json.dumps(request_bodies(images)))
     (work / "bad.json").write_text(json.dumps(bad_bodies(images)))
     code = f"PROJECT_MODULES = {PROJECT_MODULES!r}\n" + HANDLER_SCRIPT.replace("sys.argv[1]", repr(str(saved_folder)))
-    output = run_without_project(
-        code, cwd=work, env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(work / "modules")}
-    )
+    output = run_python(code, cwd=work, HF_MODULES_CACHE=str(work / "modules"))
     return json.loads(output.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_handler_answers_every_body_form_like_the_pipeline(endpoint_results, pipe, images):
     png, jpeg = Image.open(images["png"]), Image.open(images["jpeg"])
     expected = {
@@ -265,6 +237,7 @@ def test_handler_answers_every_body_form_like_the_pipeline(endpoint_results, pip
     assert [e["score"] for e in answers["text_and_base64_png"]] != [e["score"] for e in answers["text"]]
 
 
+@pytest.mark.slow
 def test_handler_rejects_bad_requests_naming_the_field(endpoint_results):
     errors = endpoint_results["bad"]
     expected = {
@@ -296,17 +269,18 @@ def post(port: int, body: bytes) -> tuple[int, object]:
         f"http://127.0.0.1:{port}/", data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=600) as response:  # a hang here is a failure
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.slow
 def test_handler_script_answers_json_over_http(saved_folder, pipe, images, tmp_path):
     port, log = free_port(), tmp_path / "handler.log"
     process = start_blocked(saved_folder, "handler.py", ["--port", str(port)], log)
     try:
-        wait_for_server(process, port, log)
+        wait_for_server(process, f"127.0.0.1:{port}", log)
         body = {"inputs": {"text": TEXT, "image": "data:image/png;base64," + b64(images["png"])}}
         status, answer = post(port, json.dumps(body).encode())
         bad_field = post(port, json.dumps({"inputs": {"text": TEXT, "image": "%%%"}}).encode())
@@ -496,6 +470,7 @@ def read_page(driver) -> dict:
     not (shutil.which("chromium") and shutil.which("chromedriver")),
     reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
 )
+@pytest.mark.slow
 def test_space_app_in_headless_chromium(saved_folder, model, tiny_roberta_processor, pipe, images, tmp_path):
     pytest.importorskip("gradio", reason="the Space app needs gradio: pip install -e '.[space]'")
     pytest.importorskip("selenium", reason="the browser test drives Chromium with selenium: pip install -e '.[tests]'")
@@ -509,7 +484,7 @@ def test_space_app_in_headless_chromium(saved_folder, model, tiny_roberta_proces
     process = start_app(space, saved_folder, port, log)
     driver = None
     try:
-        wait_for_server(process, port, log)
+        wait_for_server(process, f"127.0.0.1:{port}", log)
         driver = chromium(tmp_path)
         driver.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(driver, 60)
