@@ -1,11 +1,14 @@
 """The CLIP side of PromptMNER: images in, L2-normalised CLIP embeddings out, with a frozen open_clip model.
 
 - [`load_image`]: any PIL mode, file or numpy array as an RGB `PIL.Image`, never substituting another image;
-- the frozen open_clip towers: config checks ([`check_clip_config`]), building ([`build_clip`],
-  [`create_open_clip`], [`clip_vision_tower`]), the image tower's weight file `clip_vision.safetensors`
-  ([`save_clip_vision`], [`resolve_clip_vision_file`], [`load_clip_vision`]);
-- batched inference ([`embed_in_batches`]) and [`embed_present`], which encodes the images of a batch that are
-  present and gives zeros plus `has_image=False` for the rest.
+- [`CLIPImageScorer`]: the frozen CLIP a `PromptMNERProcessor` holds: its open_clip config, its image
+  preprocessing, its image tower (weights in `clip_vision.safetensors`) and, when built from a live open_clip model,
+  its text tower; it encodes images ([`CLIPImageScorer.encode_images`]) and prompt texts
+  ([`CLIPImageScorer.encode_texts`]). The model scores the prompts against the image embeddings;
+- the towers underneath: config checks ([`check_clip_config`]), building ([`build_clip`], [`create_open_clip`],
+  [`clip_vision_tower`]), the weight file ([`save_clip_vision`], [`resolve_clip_vision_file`],
+  [`load_clip_vision`]), batched inference ([`embed_in_batches`]) and [`embed_present`], which encodes the images
+  of a batch that are present and gives zeros plus `has_image=False` for the rest.
 
 Ships with every model as remote code, next to `processing_promptmner.py`.
 """
@@ -13,8 +16,10 @@ Ships with every model as remote code, next to `processing_promptmner.py`.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,10 +207,6 @@ def load_image(image: Image.Image | str | os.PathLike | np.ndarray) -> Image.Ima
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Tokenizer and CLIP helpers
-# ----------------------------------------------------------------------------------------------------------------
-
-# ----------------------------------------------------------------------------------------------------------------
 # The frozen open_clip towers
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -249,7 +250,6 @@ def first_parameter(module: torch.nn.Module) -> torch.Tensor:
     for tensor in module.parameters():
         return tensor
     raise ValueError("the CLIP image tower has no parameters")
-
 
 
 def create_open_clip(
@@ -398,3 +398,249 @@ def embed_present(
         rows = [slots[id(image)] for image in images if image is not None]
         image_embeds[has_image] = encoded[rows]
     return image_embeds, has_image
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The frozen CLIP of a processor
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class CLIPImageScorer:
+    r"""
+    The frozen CLIP of PromptMNER: image preprocessing, the image tower and, when built from a live open_clip model,
+    the text tower. A `PromptMNERProcessor` holds one; `clip_config=None` makes a scorer without towers (a text-only
+    processor), which keeps its settings but encodes nothing.
+
+    Args:
+        clip_config (`dict`, *optional*): the open_clip model config (`open_clip.get_model_config(name)`:
+            `embed_dim`, `vision_cfg`, `text_cfg`, ...).
+        image_size (`int` or `list[int]`, defaults to 224): CLIP input resolution.
+        image_mean (`list[float]`), image_std (`list[float]`): CLIP normalisation (OpenAI CLIP's by default).
+        image_interpolation (`str`, defaults to `"bicubic"`): `"bicubic"` or `"bilinear"`.
+        image_resize_mode (`str`, defaults to `"shortest"`): open_clip's inference resize mode: `"shortest"`
+            (resize shortest side + center crop), `"longest"` (resize longest side + pad) or `"squash"`.
+        image_fill_color (`int`, defaults to 0): padding value of the `"longest"` resize mode.
+        clip_logit_scale (`float`, defaults to 100.0): CLIP's temperature `1/tau` (`logit_scale.exp()`).
+        clip_model_name (`str`, *optional*), clip_pretrained (`str`, *optional*): where the weights came from
+            (open_clip model name and pretrained tag); informative, and picks the CLIP text tokenizer.
+        clip_model (`torch.nn.Module`, *optional*): a live open_clip model (not saved): gives the image tower's
+            weights and the text tower that [`~CLIPImageScorer.encode_texts`] needs. Without it, the image tower is
+            built on the meta device from `clip_config` and gets its weights from [`~CLIPImageScorer.load_weights`].
+    """
+
+    # What `settings()` saves (a processor's `processor_config.json` holds these keys).
+    SETTINGS = ("clip_config", "image_size", "image_mean", "image_std", "image_interpolation", "image_resize_mode",
+                "image_fill_color", "clip_logit_scale", "clip_model_name", "clip_pretrained")  # fmt: skip
+
+    def __init__(
+        self,
+        clip_config: Mapping[str, Any] | None = None,
+        image_size: int | Sequence[int] = 224,
+        image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        image_std: Sequence[float] = OPENAI_CLIP_STD,
+        image_interpolation: str = "bicubic",
+        image_resize_mode: str = "shortest",
+        image_fill_color: int = 0,
+        clip_logit_scale: float = 100.0,
+        clip_model_name: str | None = None,
+        clip_pretrained: str | None = None,
+        clip_model: torch.nn.Module | None = None,
+    ):
+        self.clip_config = copy.deepcopy(dict(clip_config)) if clip_config is not None else None
+        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
+        self.image_mean = [float(value) for value in image_mean]
+        self.image_std = [float(value) for value in image_std]
+        self.image_interpolation = image_interpolation
+        self.image_resize_mode = image_resize_mode
+        self.image_fill_color = image_fill_color
+        self.clip_logit_scale = float(clip_logit_scale)
+        self.clip_model_name = clip_model_name
+        self.clip_pretrained = clip_pretrained
+        self._validate()
+        self.clip_model = clip_model
+        self.vision = clip_vision_tower(self.clip_config, clip_model)  # None without clip_config
+        self._image_transform = None
+        self._text_tokenizer = None
+
+    def _validate(self) -> None:
+        """Raise `ValueError` naming the first invalid setting."""
+        if not self.clip_logit_scale > 0:
+            raise ValueError(f"clip_logit_scale must be positive, got {self.clip_logit_scale!r}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError(
+                f"image_mean and image_std must have 3 values (std > 0), got {self.image_mean} and {self.image_std}"
+            )
+        if self.image_interpolation not in IMAGE_INTERPOLATIONS:
+            raise ValueError(
+                f"image_interpolation must be one of {IMAGE_INTERPOLATIONS}, got {self.image_interpolation!r}"
+            )
+        if self.image_resize_mode not in IMAGE_RESIZE_MODES:
+            raise ValueError(f"image_resize_mode must be one of {IMAGE_RESIZE_MODES}, got {self.image_resize_mode!r}")
+        if self.clip_config is not None:
+            check_clip_config(self.clip_config)
+
+    @classmethod
+    def from_open_clip(
+        cls,
+        clip_model_name: str | None = "RN50",
+        clip_pretrained: str | None = "openai",
+        clip_config: Mapping[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> CLIPImageScorer:
+        """A scorer around a live open_clip model: a registered `clip_model_name` with its `clip_pretrained` weights
+        (downloaded by open_clip; `None`: random), or an explicit `clip_config` (random weights). The preprocessing
+        and the temperature are the model's own."""
+        if clip_config is not None:
+            if clip_pretrained is not None:
+                raise ValueError(
+                    f"clip_pretrained={clip_pretrained!r} needs a registered clip_model_name; an explicit clip_config "
+                    "builds a randomly initialised CLIP, pass clip_pretrained=None"
+                )
+            check_clip_config(clip_config)
+            config = copy.deepcopy(dict(clip_config))
+            model = build_clip(config)
+        else:
+            config, model = create_open_clip(clip_model_name, clip_pretrained, cache_dir)
+        model.eval().requires_grad_(False)
+        preprocess = open_clip.get_model_preprocess_cfg(model)
+        return cls(
+            config,
+            image_size=preprocess.get("size", getattr(model.visual, "image_size", 224)),
+            image_mean=preprocess.get("mean", OPENAI_CLIP_MEAN),
+            image_std=preprocess.get("std", OPENAI_CLIP_STD),
+            image_interpolation=preprocess.get("interpolation", "bicubic"),
+            image_resize_mode=preprocess.get("resize_mode", "shortest"),
+            image_fill_color=preprocess.get("fill_color", 0),
+            clip_logit_scale=float(model.logit_scale.detach().exp()),
+            clip_model_name=clip_model_name if clip_config is None else None,
+            clip_pretrained=clip_pretrained,
+            clip_model=model,
+        )
+
+    # -- what is saved -----------------------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """The JSON settings that rebuild this scorer (without its weights): `CLIPImageScorer(**settings)`."""
+        return copy.deepcopy({name: getattr(self, name) for name in self.SETTINGS})
+
+    def save_weights(self, save_directory: str | os.PathLike) -> str:
+        """Write the image tower's weights to `save_directory/clip_vision.safetensors`; return the file path."""
+        return save_clip_vision(self.require_weights(), save_directory)
+
+    def load_weights(self, weights_file: str | os.PathLike) -> None:
+        """Load the image tower from a safetensors file (strict: every tensor must match `clip_config`).
+
+        The weights go into a fresh tower (a live `clip_model` is never modified); the scorer then forgets its
+        `clip_model`, whose text tower would no longer belong to the same CLIP.
+        """
+        if self.clip_config is None:
+            raise ValueError("this processor has no clip_config, so it has no CLIP image tower to load weights into")
+        self.vision = load_clip_vision(self.clip_config, weights_file, self.vision)
+        self.clip_model = None
+
+    def fingerprint(self) -> str:
+        """A hash of what turns an image into an embedding: the image tower's weights and the preprocessing."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.require_weights().state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(json.dumps([self.image_size, self.image_mean, self.image_std, self.image_interpolation,
+                                  self.image_resize_mode]).encode())  # fmt: skip
+        return digest.hexdigest()
+
+    # -- properties --------------------------------------------------------------------------------------------
+
+    @property
+    def embed_dim(self) -> int | None:
+        """Width of CLIP's joint embedding space (image and prompt embeddings); None without towers."""
+        return None if self.clip_config is None else int(self.clip_config["embed_dim"])
+
+    @property
+    def has_text_tower(self) -> bool:
+        """Whether prompt texts can be encoded (a scorer built from a live open_clip model; a saved one keeps only
+        the image tower)."""
+        return self.clip_model is not None
+
+    def to(self, device: str | torch.device) -> CLIPImageScorer:
+        """Move the towers to `device` (encoding then runs there); returns `self`."""
+        for module in (self.clip_model, self.vision):
+            if module is not None:
+                module.to(device)
+        return self
+
+    # -- images ------------------------------------------------------------------------------------------------
+
+    load_image = staticmethod(load_image)
+
+    @property
+    def image_transform(self):
+        """open_clip's inference transform (resize, crop / pad, to tensor, normalise) for these settings."""
+        if self._image_transform is None:
+            size = tuple(self.image_size) if isinstance(self.image_size, list) else self.image_size
+            self._image_transform = open_clip.image_transform(
+                size,
+                is_train=False,
+                mean=tuple(self.image_mean),
+                std=tuple(self.image_std),
+                resize_mode=self.image_resize_mode,
+                interpolation=self.image_interpolation,
+                fill_color=self.image_fill_color,
+            )
+        return self._image_transform
+
+    def require_weights(self) -> torch.nn.Module:
+        """The image tower, or a `ValueError` saying why there is none to use."""
+        if self.vision is None:
+            raise ValueError("this processor has no CLIP image tower (clip_config is None): it cannot encode images")
+        if not has_weights(self.vision):
+            raise ValueError(
+                "the CLIP image tower has no weights: build the processor with PromptMNERProcessor.from_clip(...) "
+                "or load it with from_pretrained(...) (or call image_scorer.load_weights(file))"
+            )
+        return self.vision
+
+    def pixel_values(self, images: Iterable[Any]) -> torch.Tensor:
+        """Load and preprocess images into a `(N, 3, H, W)` float tensor."""
+        return torch.stack([self.image_transform(self.load_image(image)) for image in images])
+
+    def encode_images(self, images: Any, batch_size: int = 32) -> torch.Tensor:
+        """L2-normalised CLIP image embeddings `(N, D)`, float32 on CPU.
+
+        `images` is a list of images (PIL / path / numpy; see [`load_image`]) or a single one. Images are loaded and
+        encoded `batch_size` at a time on the image tower's device, in eval mode, under `torch.inference_mode()`.
+        The result is an ordinary tensor (usable in autograd graphs).
+        """
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        for index, image in enumerate(images):
+            if image is None:
+                raise ValueError(f"images[{index}] is None; pass examples without an image through the processor")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        vision = self.require_weights()
+        parameter = first_parameter(vision)
+
+        def embed(batch: list) -> torch.Tensor:
+            return vision(self.pixel_values(batch).to(device=parameter.device, dtype=parameter.dtype))
+
+        embeds = embed_in_batches(vision, images, batch_size, embed)
+        return embeds if embeds is not None else torch.zeros(0, self.embed_dim, dtype=torch.float32)
+
+    # -- texts -------------------------------------------------------------------------------------------------
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised CLIP text embeddings `(K, D)` of `texts` (float32 CPU), with the text tower of a live
+        open_clip model (see `has_text_tower`)."""
+        if self.clip_model is None:
+            raise ValueError(
+                "encoding prompts needs the CLIP text tower, but this processor has only the image tower (a saved "
+                "processor keeps only that). Build it with PromptMNERProcessor.from_clip(...) to encode prompts; "
+                "a trained model already stores its prompt embeddings."
+            )
+        model = self.clip_model
+        device = first_parameter(model).device
+        if self._text_tokenizer is None:
+            self._text_tokenizer = clip_text_tokenizer(self.clip_model_name, self.clip_config)
+        tokenizer = self._text_tokenizer
+        encode = lambda batch: model.encode_text(tokenizer(batch).to(device))  # noqa: E731
+        return embed_in_batches(model, list(texts), batch_size, encode)

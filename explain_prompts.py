@@ -4,7 +4,8 @@
 
 Loads the processor and the model saved in `--model` (a folder or a Hub repo id), encodes each image with the
 processor's CLIP image tower, and ranks the MODEL's prompt embeddings by `p(P_i | I)` as the model computes it
-(its temperature; with the issue-15 options, its standardised image embeddings and learned temperature).
+(its temperature; with the optional clue-path settings, its standardised or whitened image embeddings and learned
+temperature).
 Discrete prompts are shown as their vocabulary words. Continuous prompts are shown by index, each with the nearest
 words of the processor's vocabulary when `prompt_vocabulary_embeds.safetensors` (written by a processor that had
 CLIP's text tower) is in the model folder or given with `--vocabulary_embeds`.
@@ -16,23 +17,16 @@ import argparse
 import json
 import sys
 
-try:
-    from .prompt_vocabularies import (
-        PROMPT_VOCABULARY_EMBEDS_NAME,
-        explain_model_images,
-        find_vocabulary_embeds,
-        load_vocabulary_embeds,
-    )
-except ImportError:
-    from prompt_vocabularies import (
-        PROMPT_VOCABULARY_EMBEDS_NAME,
-        explain_model_images,
-        find_vocabulary_embeds,
-        load_vocabulary_embeds,
-    )
+from mner_runtime import load_model_and_processor
+from prompt_vocabularies import (
+    PROMPT_VOCABULARY_EMBEDS_NAME,
+    explain_model_images,
+    find_vocabulary_embeds,
+    load_vocabulary_embeds,
+)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="folder or Hub repo id of a saved model and processor")
     parser.add_argument("--processor", help="processor folder / repo id, if not the model's")
@@ -41,6 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nearest", type=int, default=3, help="nearest vocabulary words per continuous prompt")
     parser.add_argument("--vocabulary_embeds", help=f"a {PROMPT_VOCABULARY_EMBEDS_NAME} file (continuous prompts)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.top < 1 or args.nearest < 1:
         parser.error("--top and --nearest must be >= 1")
@@ -57,26 +56,10 @@ def format_explanation(image: str, entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def load(model_path: str, processor_path: str | None = None):
-    """`(model, processor)` saved by `run_mner.py` (or `save_pretrained`) in a folder or a Hub repo."""
-    # Importing the model registers PromptMNERConfig with AutoConfig (configuration_promptmner does it), so the
-    # tokenizer loader reads the folder's config.json without a trust_remote_code prompt on stdin.
-    try:
-        from .modeling_promptmner import PromptMNERForSpanNER
-        from .processing_promptmner import PromptMNERProcessor
-    except ImportError:
-        from modeling_promptmner import PromptMNERForSpanNER
-        from processing_promptmner import PromptMNERProcessor
-
-    processor = PromptMNERProcessor.from_pretrained(processor_path or model_path)
-    model = PromptMNERForSpanNER.from_pretrained(model_path).eval()
-    return model, processor
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    model, processor = load(args.model, args.processor)
-    if processor.clip_vision is None:
+    model, processor = load_model_and_processor(args.model, args.processor)
+    if processor.image_scorer.vision is None:
         print("error: the processor has no CLIP image tower (text-only model): nothing to explain", file=sys.stderr)
         return 2
     vocab_embeds = None

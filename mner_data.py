@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import datasets
 
+from atomic_files import replacing, write_text
 from span_utils import bio_to_spans
 
 __all__ = [
@@ -200,7 +200,7 @@ def write_conll(path: Path, examples: list[tuple[str, list[str], list[str]]]) ->
     for image_id, tokens, tags in examples:
         lines = [f"{IMGID_PREFIX}{image_id}"] + [f"{token}\t{tag}" for token, tag in zip(tokens, tags)]
         blocks.append("\n".join(lines) + "\n")
-    path.write_text("\n".join(blocks), encoding="utf-8", newline="\n")
+    write_text(path, "\n".join(blocks))
 
 
 # --- labels and datasets -------------------------------------------------------------------------------------
@@ -466,22 +466,18 @@ def _by_hand(name: str, split: str, spec: dict, target: Path) -> str:
 
 
 def _download(url: str, target: Path, expected_sha256: str | None, timeout: float) -> None:
-    """Download ``url`` to ``target`` atomically: a temp file in the same folder, checked, then renamed.
+    """Download ``url`` to ``target`` whole (``atomic_files.replacing``), checked before it takes its place.
 
     A checksum mismatch raises :class:`DataFetchError` and leaves no file behind.
     """
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     digest = hashlib.sha256()
-    try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    with replacing(target) as partial:
+        with open(partial, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)
         if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
             raise DataFetchError(f"the download of {url} has sha256 {digest.hexdigest()}, expected {expected_sha256}")
-        os.replace(temp_name, target)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
 
 
 def _verify(name: str, split: str, spec: dict, path: Path, allow_unverified: bool) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import mner_data
+from atomic_files import write_text
 
 # --- the corpus ----------------------------------------------------------------------------------------------
 
@@ -184,12 +185,18 @@ def _draw_logo(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -
 _DRAWERS = {"PER": _draw_person, "LOC": _draw_landscape, "ORG": _draw_logo}
 
 
+def add_pixel_noise(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """`image` with Gaussian noise (std 8 grey levels) on every channel of every pixel, as a camera adds it; the
+    generated corpora (the demo's, the visual-clue benchmark's) draw their pictures with it."""
+    noise = rng.normal(0.0, 8.0, (image.height, image.width, 3)).round().astype(np.int16)  # (H, W, 3)
+    return Image.fromarray(np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
+
+
 def _demo_image(image_type: str, rng: np.random.Generator, size: int) -> Image.Image:
     """The picture of one entity type, with random layout, shades and pixel noise."""
     image = Image.new("RGB", (size, size))
     _DRAWERS[image_type](ImageDraw.Draw(image), rng, size)
-    pixels = np.asarray(image, dtype=np.int16) + rng.normal(0.0, 8.0, (size, size, 3)).round().astype(np.int16)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return add_pixel_noise(image, rng)
 
 
 def make_demo_corpus(
@@ -215,7 +222,7 @@ def make_demo_corpus(
     output_dir = Path(output_dir)
     image_dir = output_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "README.txt").write_text(DEMO_CORPUS_NOTE + "\n", encoding="utf-8", newline="\n")
+    write_text(output_dir / "README.txt", DEMO_CORPUS_NOTE + "\n")
     counts = {"train": num_train, "validation": num_validation, "test": num_test}
     paths = {}
     for split_index, (split, count) in enumerate(counts.items()):
@@ -257,7 +264,7 @@ TINY_CLIP_CONFIG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
 
-# What `run_mner.py` runs with no arguments: `mner_training.RunArguments` fields.
+# What `run_mner.py` runs with no arguments: `mner_arguments.RunArguments` fields.
 DEMO_ARGUMENTS = {
     "demo": True,
     "output_dir": "outputs/demo",

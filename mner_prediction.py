@@ -1,4 +1,4 @@
-"""Batch prediction over JSONL files at any scale, and the predictions files of a training run.
+"""Batch prediction over JSONL files at any scale.
 
 This is the library behind `promptmner-predict` and `accelerate launch -m predict_mner` (see `predict_mner.py`):
 
@@ -25,9 +25,6 @@ Every output record has `line` (1-based line number in the input) and, when the 
 written, `id`, then
 either `entities` (the `multimodal-ner` pipeline's output) or `error` (`"ExceptionType: message"`).
 
-The last section writes the best model's predictions on a labelled split for error analysis
-([`write_prediction_files`]): `predictions_<split>.jsonl` (text, gold and predicted entities) and
-`predictions_<split>.conll` (`word gold predicted` per line, the format conlleval reads).
 """
 
 from __future__ import annotations
@@ -35,16 +32,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from atomic_files import write_json
+from clip_promptmner import load_image
 from processing_promptmner import check_utf8_text
-from span_utils import bio_to_spans, entity_dicts, spans_to_bio
-from tweet_words import join_words
 
 PARTIAL_SUFFIX = ".partial"
 STATE_SUFFIX = ".partial.json"
@@ -276,7 +273,7 @@ class LineBlocks(IterableDataset):
     Args:
         path (`Path`): the JSONL input.
         batch_size (`int`): lines per block.
-        load_image (`Callable`): decodes an image file (the processor's `load_image`).
+        load_image (`Callable`): decodes an image file (`clip_promptmner.load_image`).
         image_dir (`Path`, *optional*): folder of relative image paths.
         process_index (`int`), num_processes (`int`): this process and how many share the input.
         skip (`int`): non-blank lines to leave out at the start.
@@ -436,12 +433,6 @@ def scan_output(path: Path, block_size: int = 1) -> Progress:
     return kept
 
 
-def _write_state(path: Path, fingerprint: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def _check_state(path: Path, fingerprint: dict) -> None:
     """A resumed run must be the interrupted run's continuation: same input (path and size), model and settings."""
     if not path.is_file():
@@ -474,7 +465,7 @@ def open_output(job: PredictionJob) -> tuple[Any, Progress]:
         return handle, progress
     job.output.parent.mkdir(parents=True, exist_ok=True)
     partial.unlink(missing_ok=True)  # before the new state: a state file never describes an older partial file
-    _write_state(state, job.fingerprint())
+    write_json(state, job.fingerprint())
     return open(partial, "wb"), Progress()
 
 
@@ -590,7 +581,7 @@ def _predict_into(pipe, job: PredictionJob, state, handle, progress: Progress, t
     """The prediction loop; the main process appends each round to `handle` and shows a progress bar."""
     from mner_console import progress_bar
 
-    dataset = LineBlocks(job.input, job.batch_size, pipe.processor.load_image, job.image_dir,
+    dataset = LineBlocks(job.input, job.batch_size, load_image, job.image_dir,
                          state.process_index, state.num_processes, skip=progress.records)  # fmt: skip
     rounds = predict_rounds(pipe, block_loader(dataset, job.num_workers), job.batch_size, job.call_kwargs)
     with progress_bar(total, desc="multimodal-ner", unit="lines", initial=progress.records,
@@ -605,44 +596,8 @@ def _predict_into(pipe, job: PredictionJob, state, handle, progress: Progress, t
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading the pipeline and the processes
+# The command's exit status
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def has_accelerator_device() -> bool:
-    """Whether any device besides the CPU is there for Accelerate to use."""
-    import torch
-    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
-
-    return torch.cuda.is_available() or is_mps_available() or is_xpu_available() or is_npu_available()
-
-
-def process_state(device: str | None = None):
-    """Accelerate's `PartialState` of this process. On a machine without GPUs it runs on the CPU, so that
-    `accelerate launch --multi_gpu` starts gloo processes there; `device="cpu"` forces the CPU."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=device == "cpu" or not has_accelerator_device())
-
-
-def load_pipeline(model: str, device, trust_remote_code: bool = False):
-    """The `multimodal-ner` pipeline for `model` (folder or repo id) on `device`, in eval mode.
-
-    By default this package's own classes load the model and processor (no code from the folder runs);
-    `trust_remote_code=True` loads them, and the pipeline, from the model repository's code.
-    """
-    if trust_remote_code:
-        from transformers import pipeline
-
-        return pipeline("multimodal-ner", model=model, device=device, trust_remote_code=True)
-    from modeling_promptmner import PromptMNERForSpanNER
-    from pipeline_promptmner import MultimodalNERPipeline
-    from processing_promptmner import PromptMNERProcessor
-
-    loaded = PromptMNERForSpanNER.from_pretrained(model).eval()
-    # trust_remote_code=False stops the tokenizer lookup from asking about the folder's auto_map.
-    processor = PromptMNERProcessor.from_pretrained(model, trust_remote_code=False)
-    return MultimodalNERPipeline(model=loaded, processor=processor, device=device)
 
 
 def exit_status(counts: dict[str, int], fail_on_error: bool) -> int:
@@ -651,98 +606,3 @@ def exit_status(counts: dict[str, int], fail_on_error: bool) -> int:
     if counts["lines"] and not counts["ok"]:
         return 1
     return 1 if fail_on_error and counts["errors"] else 0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Predictions files of a training run (error analysis, scoring with one's own tools)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _entities(spans: Iterable[Sequence], tokens: Sequence[str], scored: bool) -> list[dict]:
-    """Word spans as entity dicts over `" ".join(tokens)` (character offsets, like the pipeline's output)."""
-    text, offsets = join_words(tokens)
-    entities = entity_dicts([(span[0], span[1], span[2], span[3] if scored else 0.0) for span in spans], text, offsets)
-    if not scored:
-        for entity in entities:
-            del entity["score"]
-    return entities
-
-
-def prediction_record(tokens: Sequence[str], gold_tags: Sequence[str], predicted: Iterable[Sequence],
-                      example_id: Any = None) -> dict:  # fmt: skip
-    """One line of `predictions_<split>.jsonl`: `id` (when given), `text` (the words joined by spaces), `tokens`,
-    and the `gold` and `predicted` entities (`{"entity_group", "word", "start", "end"}` with character offsets into
-    `text`; predicted ones also have `score` when the spans carry one)."""
-    predicted = list(predicted)
-    record = {} if example_id is None else {"id": example_id}
-    record.update(
-        text=join_words(tokens)[0],
-        tokens=list(tokens),
-        gold=_entities(bio_to_spans(gold_tags), tokens, scored=False),
-        predicted=_entities(predicted, tokens, scored=all(len(span) > 3 for span in predicted)),
-    )
-    return record
-
-
-def conll_word(word: str) -> str:
-    """A word as one CoNLL column: whitespace inside it becomes `_` (conlleval splits lines on spaces)."""
-    return "_".join(word.split()) or "_"
-
-
-def conll_lines(tokens: Sequence[str], gold_tags: Sequence[str], predicted: Iterable[Sequence]) -> list[str]:
-    """`word gold_tag predicted_tag` per word (the gold tags as given; predicted spans as BIO)."""
-    if len(tokens) != len(gold_tags):
-        raise ValueError(f"{len(tokens)} words but {len(gold_tags)} gold tags")
-    predicted_tags = spans_to_bio([tuple(span[:3]) for span in predicted], len(tokens))
-    return [f"{conll_word(word)} {gold} {pred}" for word, gold, pred in zip(tokens, gold_tags, predicted_tags)]
-
-
-def _write_atomically(path: Path, lines: Iterable[str]) -> None:
-    """Write `lines` to a temporary file next to `path`, then rename it over `path`."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line + "\n")
-    os.replace(temporary, path)
-
-
-def write_prediction_files(
-    folder: str | os.PathLike,
-    split: str,
-    tokens: Sequence[Sequence[str]],
-    gold_tags: Sequence[Sequence[str]],
-    predicted: Sequence[Iterable[Sequence]],
-    ids: Sequence[Any] | None = None,
-) -> tuple[Path, Path]:
-    """Write `predictions_<split>.jsonl` and `predictions_<split>.conll` in `folder`.
-
-    Args:
-        folder (`str` or `os.PathLike`): where to write (created if needed).
-        split (`str`): the split's name, e.g. `"test"`.
-        tokens (`Sequence[Sequence[str]]`): the words of each sentence.
-        gold_tags (`Sequence[Sequence[str]]`): the gold BIO tags of each sentence, one per word.
-        predicted (`Sequence[Iterable[tuple]]`): the predicted spans of each sentence, `(start, end, label[, score])`
-            with `end` inclusive, non-overlapping.
-        ids (`Sequence`, *optional*): an id per sentence (e.g. the image id), written to the JSONL file.
-
-    Returns:
-        `tuple[Path, Path]`: the JSONL and CoNLL files. In the CoNLL file, sentences are separated by a blank line;
-        scoring it with conlleval or `seqeval` (default mode) gives the entity F1 that `span_utils.entity_scores`
-        gives for the same gold tags and spans.
-    """
-    counts = {"tokens": len(tokens), "gold_tags": len(gold_tags), "predicted": len(predicted)}
-    if ids is not None:
-        counts["ids"] = len(ids)
-    if len(set(counts.values())) != 1:
-        raise ValueError(f"one entry per sentence is needed, got {counts}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    jsonl, conll = folder / f"predictions_{split}.jsonl", folder / f"predictions_{split}.conll"
-    rows = list(zip(tokens, gold_tags, [list(spans) for spans in predicted]))
-    _write_atomically(conll, (line for row in rows for line in [*conll_lines(*row), ""]))
-    records = (
-        prediction_record(words, tags, spans, None if ids is None else ids[index])
-        for index, (words, tags, spans) in enumerate(rows)
-    )
-    _write_atomically(jsonl, (json.dumps(record, ensure_ascii=False) for record in records))
-    return jsonl, conll

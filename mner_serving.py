@@ -1,4 +1,4 @@
-"""Serving files for a trained PromptMNER model: the Inference Endpoints handler, a Gradio Space, the card's usage.
+"""Serving files for a trained PromptMNER model (package only): the Inference Endpoints handler and a Gradio Space.
 
 The Hub's hosted widget and serverless inference only run models that an inference provider serves, and they do
 not execute `trust_remote_code` code. What runs a custom-code model is:
@@ -9,21 +9,20 @@ not execute `trust_remote_code` code. What runs a custom-code model is:
 3. a Gradio Space: [`write_space`] writes a ready Space folder (`app.py`, a copy of `promptmner_space.py`,
    `requirements.txt`, a README.md with the Space front matter, and examples); [`push_space`] uploads it.
 
-[`serving_section`] is the model card's markdown that says so; [`usage_snippets`] and `WIDGET_EXAMPLES` are the
-card's usage section and widget texts. The requirement ranges are those of the installed versions this package was
-tested with: from the installed minor version up to the next major one.
+The model card's sections that say so are in `mner_model_card`. The requirement ranges are those of the installed
+versions this package was tested with: from the installed minor version up to the next major one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from atomic_files import copy_file, replacing, write_text
 
 HERE = Path(__file__).resolve().parent
 HANDLER_SOURCE = HERE / "promptmner_handler.py"
@@ -79,32 +78,11 @@ def gradio_version_and_range() -> tuple[str, str]:
     return (version, compatible_range("gradio")) if version is not None else GRADIO_TESTED
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Files, written completely before they replace anything
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _replace_with(path: Path, write) -> None:
-    """Call `write(temporary path)` in `path`'s folder, then move the finished file over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(handle)
-    try:
-        write(Path(partial))
-        os.replace(partial, path)
-    except BaseException:
-        os.unlink(partial)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    _replace_with(Path(path), lambda partial: partial.write_text(text, encoding="utf-8"))
-
-
-def copy_file(source: Path, target: Path) -> None:
+def copy_package_file(source: Path, target: Path) -> None:
+    """One of this package's own files (the handler, the Space app) copied whole to `target`."""
     if not Path(source).is_file():
         raise FileNotFoundError(f"{source} is missing: reinstall the promptmner package")
-    _replace_with(Path(target), lambda partial: shutil.copyfile(source, partial))
+    copy_file(source, target)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -117,7 +95,7 @@ def write_endpoint_files(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json: save the model there first")
-    copy_file(HANDLER_SOURCE, folder / HANDLER_FILE)
+    copy_package_file(HANDLER_SOURCE, folder / HANDLER_FILE)
     write_text(folder / REQUIREMENTS_FILE, requirements(ENDPOINT_DISTRIBUTIONS))
 
 
@@ -154,7 +132,8 @@ def _write_example_image(image: Any, target: Path) -> None:
     if isinstance(image, (str, os.PathLike)):
         copy_file(Path(image), target)
     elif hasattr(image, "save"):
-        _replace_with(target, lambda partial: image.save(partial, format="PNG"))
+        with replacing(target) as partial:
+            image.save(partial, format="PNG")
     else:
         raise TypeError(f"an example image must be a file path or a PIL image, got {type(image).__name__}")
 
@@ -194,7 +173,7 @@ def write_space(
         The folder.
     """
     folder = Path(folder)
-    copy_file(SPACE_APP_SOURCE, folder / SPACE_APP_FILE)
+    copy_package_file(SPACE_APP_SOURCE, folder / SPACE_APP_FILE)
     write_text(folder / REQUIREMENTS_FILE, requirements(SPACE_DISTRIBUTIONS) + gradio_version_and_range()[1] + "\n")
     write_text(folder / "README.md", space_readme(model_id, title))
     if examples:
@@ -237,88 +216,3 @@ def push_space(folder: str | os.PathLike, space_id: str, token: str | None = Non
         repo_id=space_id, repo_type="space", folder_path=str(folder), commit_message="Upload PromptMNER Space"
     )
     return f"https://huggingface.co/spaces/{space_id}"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The model card's widget examples and usage section
-# ----------------------------------------------------------------------------------------------------------------
-
-WIDGET_EXAMPLES = [
-    {"text": "Kevin Durant arrives in Oklahoma City for the game against the Lakers", "example_title": "Sports"},
-    {"text": "RT @CNN: Angela Merkel meets Barack Obama at the White House", "example_title": "Politics"},
-    {"text": "Taylor Swift performs in New York tonight with Ed Sheeran", "example_title": "Music"},
-]
-
-
-def usage_snippets(repo_id: str) -> str:
-    """The model card's usage section (markdown): pipeline, AutoModel + AutoProcessor, and the batch command."""
-    return f"""## Usage
-
-With the `multimodal-ner` pipeline (the output is the aggregated format of the `token-classification` pipeline):
-
-```python
-from transformers import pipeline
-
-ner = pipeline("multimodal-ner", model="{repo_id}", trust_remote_code=True)
-ner({{"text": "Kevin Durant arrives in Oklahoma City", "image": "tweet.jpg"}})  # image: path or PIL image
-ner("Kevin Durant arrives in Oklahoma City")  # no image: the model's text-only path
-ner([{{"text": "...", "image": "a.jpg"}}, "another tweet"], batch_size=16)
-```
-
-With the model and processor:
-
-```python
-from PIL import Image
-from transformers import AutoModel, AutoProcessor
-
-processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
-model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
-inputs = processor(text="Kevin Durant arrives in Oklahoma City", images=Image.open("tweet.jpg"), return_tensors="pt")
-entities = processor.post_process(model(**inputs), inputs)
-```
-
-Batch prediction over a JSONL file (`{{"text": ..., "image": "path or null", "id": ...}}` per line), with the
-`promptmner` package installed:
-
-```bash
-promptmner-predict --model {repo_id} --input tweets.jsonl --output entities.jsonl --batch_size 16
-```
-"""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The model card's serving section
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def serving_section(repo_id: str, space_id: str | None = None) -> str:
-    """The model card's "Serving" section (markdown): what the Hub page can and cannot do, and the three ways."""
-    space = (
-        f"This model's Space: [{space_id}](https://huggingface.co/spaces/{space_id})."
-        if space_id
-        else "`run_mner.py` wrote a ready Space folder in its output folder (`space/`, not part of this repository); "
-        "`--push_to_hub --hub_space_id org/name` pushes it."
-    )
-    body = json.dumps({"inputs": {"text": "Kevin Durant arrives in Oklahoma City", "image": "<base64 JPEG/PNG>"},
-                       "parameters": {"threshold": 0.5}})  # fmt: skip
-    return f"""## Serving
-
-**The Hub's hosted inference widget on this page does not run this model**: the widget and serverless
-inference only serve models run by an inference provider, and they never execute `trust_remote_code` code. The
-widget examples are kept as sample texts. Three ways work:
-
-1. **The pipeline**, on your machine: `pipeline("multimodal-ner", model="{repo_id}", trust_remote_code=True)`
-   (see Usage).
-2. **A dedicated Inference Endpoint**: this repository has a custom `handler.py` and a `requirements.txt`; deploy it
-   from the model page (Deploy > Inference Endpoints) and send JSON (`image`: base64 JPEG/PNG or a data URL,
-   optional; `inputs` may be a list; `parameters`: `threshold`, `batch_size`, `ignore_labels`):
-
-   ```bash
-   curl https://<your-endpoint>.endpoints.huggingface.cloud \\
-     -H "Authorization: Bearer $HF_TOKEN" -H "Content-Type: application/json" \\
-     -d '{body}'
-   # [{{"entity_group": "PER", "score": 0.98, "word": "Kevin Durant", "start": 0, "end": 12}}, ...]
-   ```
-
-3. **A Gradio Space** with the entities highlighted and the image's top prompts `p(P_i|I)`. {space}
-"""

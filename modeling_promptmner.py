@@ -303,7 +303,8 @@ class PromptMNERSelfAttention(nn.Module):
         self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.scale = 1.0 / math.sqrt(self.head_dim)  # what pretrained weights expect (see README on eq. 3)
+        # What pretrained weights expect; the paper's eq. 3 prints sqrt(N + |V*|), which we read as a typo.
+        self.scale = 1.0 / math.sqrt(self.head_dim)
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
@@ -658,6 +659,28 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
             Label id of the span of words `i .. i + d` at `[b, i, d]`; -100 for cells to ignore.
 
         See [`PromptMNERModel.forward`] for the other arguments.
+
+        Example, with the model the README's first command trains (`accelerate launch run_mner.py` writes it to
+        `outputs/demo`): the same text, with a drawn face and then a drawn landscape.
+
+        ```python
+        >>> import torch
+        >>> from transformers import AutoModel, AutoProcessor
+
+        >>> processor = AutoProcessor.from_pretrained("outputs/demo", trust_remote_code=True)
+        >>> model = AutoModel.from_pretrained("outputs/demo", trust_remote_code=True).eval()
+        >>> for image in ("test_00000.png", "test_00001.png"):
+        ...     inputs = processor(text="Jordan arrives in town today", images=f"outputs/demo/data/images/{image}")
+        ...     with torch.no_grad():
+        ...         outputs = model(**inputs)
+        ...     entities = processor.post_process(outputs, inputs)[0]
+        ...     print(tuple(outputs.logits.shape), [(entity["word"], entity["entity_group"]) for entity in entities])
+        (1, 5, 8, 4) [('Jordan', 'PER')]
+        (1, 5, 8, 4) [('Jordan', 'LOC')]
+        ```
+
+        The logits score every span of up to `max_span_length` (8) words starting at each of the 5 words, for each of
+        the 4 labels (`O`, `LOC`, `ORG`, `PER`).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.promptmner(

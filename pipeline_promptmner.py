@@ -137,7 +137,7 @@ def merge_chunk_candidates(
 
 def _check_processor(processor: Any) -> None:
     """Reject objects that are not a PromptMNER processor (duck-typed: remote code has its own class objects)."""
-    needed = ("tokenizer", "labels", "max_span_length", "load_image", "encode_images", "clip_vision")
+    needed = ("tokenizer", "labels", "max_span_length", "image_scorer", "span_candidates")
     missing = [name for name in needed if not hasattr(processor, name)]
     if missing:
         raise TypeError(
@@ -276,11 +276,11 @@ class MultimodalNERPipeline(ChunkPipeline):
     def _load_image(self, image: Any) -> Image.Image | None:
         if image is None:
             return None
-        if self.processor.clip_vision is None:
+        if self.processor.image_scorer.vision is None:
             raise ValueError("an image was given but this model's processor is text-only (it has no CLIP image tower)")
         if not isinstance(image, (Image.Image, str, os.PathLike, np.ndarray)):
             raise TypeError(f"image must be a PIL image, a file path or a numpy array, got {type(image).__name__}")
-        return self.processor.load_image(image)
+        return self.processor.image_scorer.load_image(image)
 
     def window(self, has_image: bool) -> int:
         """The most text tokens (special tokens included) the model can read for one example."""
@@ -340,13 +340,11 @@ class MultimodalNERPipeline(ChunkPipeline):
         """CLIP embeddings of the batch's images, each distinct image encoded once; `{}` when there is none."""
         if all(image is None for image in images):
             return {}
-        if next(self.processor.clip_vision.parameters()).device != self.device:
-            self.processor.to(self.device)  # CLIP runs where the model runs (moved on first use only)
-        embeds, has_image = embed_present(
-            images,
-            lambda distinct: self.processor.encode_images(distinct, batch_size=len(distinct)),
-            self.processor.clip_embed_dim,
-        )  # (B, D) float32 on CPU, (B,)
+        scorer = self.processor.image_scorer
+        if next(scorer.vision.parameters()).device != self.device:
+            scorer.to(self.device)  # CLIP runs where the model runs (moved on first use only)
+        encode = lambda distinct: scorer.encode_images(distinct, batch_size=len(distinct))  # noqa: E731
+        embeds, has_image = embed_present(images, encode, scorer.embed_dim)  # (B, D) float32 on CPU, (B,)
         return {"image_embeds": embeds.to(self.device, self.model.dtype), "has_image": has_image.to(self.device)}
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ import sys
 from pathlib import Path
 
 import mner_prediction
+import mner_runtime
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,10 +80,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, mner_
 
 def main(argv: list[str] | None = None) -> int:
     args, job = parse_args(argv)
-    state = mner_prediction.process_state(args.device)
+    state = mner_runtime.process_state(args.device)
     if args.device is not None and state.num_processes > 1:
         raise SystemExit(f"--device {args.device} names one device; under `accelerate launch` leave it out")
-    pipe = mner_prediction.load_pipeline(args.model, args.device or state.device, args.trust_remote_code)
+    pipe = mner_runtime.load_pipeline(args.model, args.device or state.device, args.trust_remote_code)
     counts = mner_prediction.predict_file(pipe, job, state)
     if state.is_main_process:
         rate = counts["predicted"] / counts["seconds"] if counts["seconds"] else 0.0

@@ -1,28 +1,29 @@
 """PromptMNER processor: tweet text + image in, model tensors out; span logits in, entities out.
 
-[`PromptMNERProcessor`] bundles everything that turns a raw example into the inputs of the PromptMNER model:
+[`PromptMNERProcessor`] composes what turns a raw example into the inputs of the PromptMNER model, as transformers'
+processors compose a tokenizer and an image processor, and merges their outputs:
 
-- the text backbone's **fast tokenizer** (word-aligned through `word_ids()`),
-- **CLIP image preprocessing** and a **frozen open_clip image tower**, so an image becomes one L2-normalised
-  CLIP image embedding (`image_embeds`); the model scores its prompts against it,
+- the text backbone's **fast tokenizer**, word-aligned through `word_ids()` (`word_alignment`);
+- the **frozen CLIP** (`clip_promptmner.CLIPImageScorer`, `processor.image_scorer`): image preprocessing and the
+  open_clip image tower, so an image becomes one L2-normalised CLIP image embedding (`image_embeds`); the model
+  scores its prompts against it;
 - the **prompt vocabulary and template** (`"an image of {}"`), whose CLIP text embeddings the model keeps as its
-  discrete prompt embeddings ([`PromptMNERProcessor.encode_prompts`]),
-- the **span label set** (`labels[0] == "O"`) and the longest span in words (`max_span_length`).
+  discrete prompt embeddings ([`PromptMNERProcessor.encode_prompts`]);
+- the **span label set** (`labels[0] == "O"`) and the longest span in words (`max_span_length`), and the
+  post-processing of span logits into entities.
 
-A saved processor is self-contained: `processor_config.json`, the tokenizer files and `clip_vision.safetensors`
-(the image tower's weights; safetensors only, nothing is unpickled when loading).
+A saved processor is self-contained: `processor_config.json` (the CLIP settings are flat keys in it), the tokenizer
+files and `clip_vision.safetensors` (the image tower's weights; safetensors only, nothing is unpickled when loading).
 """
 
 from __future__ import annotations
 
-import copy
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
 from transformers import BatchFeature, PreTrainedTokenizerBase
 from transformers.processing_utils import ProcessorMixin
@@ -30,24 +31,12 @@ from transformers.utils import logging
 
 try:
     from .clip_promptmner import (
-        IMAGE_INTERPOLATIONS,
-        IMAGE_RESIZE_MODES,
         OPENAI_CLIP_MEAN,
         OPENAI_CLIP_STD,
-        build_clip,
-        check_clip_config,
-        clip_text_tokenizer,
-        clip_vision_tower,
-        create_open_clip,
-        embed_in_batches,
+        CLIPImageScorer,
         embed_present,
-        first_parameter,
-        has_weights,
-        load_clip_vision,
-        load_image,
         resolve_clip_vision_file,
         resolve_saved_file,
-        save_clip_vision,
     )
     from .configuration_promptmner import DEFAULT_LABELS
     from .prompt_vocabularies import TASK_LABELS, load_vocabulary, save_vocabulary_embeds
@@ -56,24 +45,12 @@ try:
     from .word_alignment import check_tokenizer, encode_words, load_tokenizer
 except ImportError:
     from clip_promptmner import (
-        IMAGE_INTERPOLATIONS,
-        IMAGE_RESIZE_MODES,
         OPENAI_CLIP_MEAN,
         OPENAI_CLIP_STD,
-        build_clip,
-        check_clip_config,
-        clip_text_tokenizer,
-        clip_vision_tower,
-        create_open_clip,
-        embed_in_batches,
+        CLIPImageScorer,
         embed_present,
-        first_parameter,
-        has_weights,
-        load_clip_vision,
-        load_image,
         resolve_clip_vision_file,
         resolve_saved_file,
-        save_clip_vision,
     )
     from configuration_promptmner import DEFAULT_LABELS
     from prompt_vocabularies import TASK_LABELS, load_vocabulary, save_vocabulary_embeds
@@ -87,8 +64,8 @@ logger = logging.get_logger(__name__)
 # The paper's "task labels" vocabulary.
 DEFAULT_PROMPT_VOCABULARY = TASK_LABELS
 DEFAULT_PROMPT_TEMPLATE = "an image of {}"
-# Runtime objects kept out of `to_dict` (they are not JSON and may be large).
-_RUNTIME_ATTRIBUTES = ("_clip_vision", "_clip_model", "_image_transform", "_clip_text_tokenizer", "_vocabulary_embeds")
+# Runtime objects kept out of `to_dict` (not JSON, and large); the scorer's settings are saved in their place.
+_RUNTIME_ATTRIBUTES = ("image_scorer", "_vocabulary_embeds")
 
 
 def check_utf8_text(text: str, name: str = "text") -> str:
@@ -162,8 +139,8 @@ SAVED_PROCESSOR_FILES = {
 
 class PromptMNERProcessor(ProcessorMixin):
     r"""
-    Processor for PromptMNER: a fast text tokenizer, CLIP image preprocessing with a frozen open_clip image tower,
-    the prompt vocabulary and template, and the span label set.
+    Processor for PromptMNER: a fast text tokenizer, the frozen CLIP (`image_scorer`, a [`CLIPImageScorer`]), the
+    prompt vocabulary and template, and the span label set.
 
     Build it from open_clip with [`~PromptMNERProcessor.from_clip`]; save / load it with `save_pretrained` /
     `from_pretrained` (the image tower's weights go to `clip_vision.safetensors`).
@@ -171,26 +148,17 @@ class PromptMNERProcessor(ProcessorMixin):
     Args:
         tokenizer ([`PreTrainedTokenizerBase`]):
             The text backbone's fast tokenizer. Byte-level BPE tokenizers (RoBERTa) need `add_prefix_space=True`.
-        clip_config (`dict`, *optional*):
-            The open_clip model config (`open_clip.get_model_config(name)`: `embed_dim`, `vision_cfg`,
-            `text_cfg`, ...). `None` makes a text-only processor (no image encoding).
-        image_size (`int` or `list[int]`, defaults to 224): CLIP input resolution.
-        image_mean (`list[float]`), image_std (`list[float]`): CLIP normalisation (OpenAI CLIP's by default).
-        image_interpolation (`str`, defaults to `"bicubic"`): `"bicubic"` or `"bilinear"`.
-        image_resize_mode (`str`, defaults to `"shortest"`): open_clip's inference resize mode: `"shortest"`
-            (resize shortest side + center crop), `"longest"` (resize longest side + pad) or `"squash"`.
-        image_fill_color (`int`, defaults to 0): padding value of the `"longest"` resize mode.
+        clip_config, image_size, image_mean, image_std, image_interpolation, image_resize_mode, image_fill_color,
+        clip_logit_scale, clip_model_name, clip_pretrained, clip_model:
+            The frozen CLIP: the arguments of [`CLIPImageScorer`], which the processor builds and holds as
+            `image_scorer` (`clip_config=None`: a text-only processor). They are named here, not passed through, because
+            transformers' loader passes a saved processor only the arguments its `__init__` names; they are saved as
+            flat keys of `processor_config.json`.
         prompt_template (`str`, defaults to `"an image of {}"`): prompt with one `{}` for the vocabulary word.
         prompt_vocabulary (`list[str]`, *optional*): prompt words; defaults to the task labels
             `["person", "location", "organization", "miscellaneous"]`.
         labels (`list[str]`, defaults to `["O", "PER", "LOC", "ORG", "MISC"]`): span labels, `labels[0] == "O"`.
         max_span_length (`int`, defaults to 8): longest span in words that the model scores.
-        clip_logit_scale (`float`, defaults to 100.0): CLIP's temperature `1/tau` (`logit_scale.exp()`).
-        clip_model_name (`str`, *optional*), clip_pretrained (`str`, *optional*): where the CLIP weights came from
-            (open_clip model name and pretrained tag); informative, and picks the CLIP text tokenizer.
-        clip_model (`torch.nn.Module`, *optional*): a live open_clip model (not saved). Gives the image tower's
-            weights and the text tower that [`~PromptMNERProcessor.encode_prompts`] needs. Without it, the image
-            tower is built on the meta device from `clip_config` and gets its weights in `from_pretrained`.
     """
 
     def __init__(
@@ -220,25 +188,17 @@ class PromptMNERProcessor(ProcessorMixin):
             if isinstance(value, str):
                 raise ValueError(f"{name} must be a list of strings, got the string {value!r}")
         super().__init__(tokenizer, **kwargs)
-        self.clip_config = copy.deepcopy(dict(clip_config)) if clip_config is not None else None
-        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
-        self.image_mean = [float(value) for value in image_mean]
-        self.image_std = [float(value) for value in image_std]
-        self.image_interpolation = image_interpolation
-        self.image_resize_mode = image_resize_mode
-        self.image_fill_color = image_fill_color
         self.prompt_template = prompt_template
         self.prompt_vocabulary = list(DEFAULT_PROMPT_VOCABULARY if prompt_vocabulary is None else prompt_vocabulary)
         self.labels = list(labels)
         self.max_span_length = max_span_length
-        self.clip_logit_scale = float(clip_logit_scale)
-        self.clip_model_name = clip_model_name
-        self.clip_pretrained = clip_pretrained
         self._validate()
-        self._clip_model = clip_model
-        self._clip_vision = clip_vision_tower(self.clip_config, clip_model)
-        self._image_transform = None
-        self._clip_text_tokenizer = None
+        self.image_scorer = CLIPImageScorer(
+            clip_config, image_size=image_size, image_mean=image_mean, image_std=image_std,
+            image_interpolation=image_interpolation, image_resize_mode=image_resize_mode,
+            image_fill_color=image_fill_color, clip_logit_scale=clip_logit_scale, clip_model_name=clip_model_name,
+            clip_pretrained=clip_pretrained, clip_model=clip_model,
+        )  # fmt: skip
         self._vocabulary_embeds = None  # (vocabulary, template, embeddings) of the last save, reused while unchanged
 
     # -- construction ------------------------------------------------------------------------------------------
@@ -261,20 +221,6 @@ class PromptMNERProcessor(ProcessorMixin):
             raise ValueError(f"prompt_template {self.prompt_template!r} cannot be formatted with one word") from err
         if not self.prompt_vocabulary or not all(isinstance(w, str) and w.strip() for w in self.prompt_vocabulary):
             raise ValueError(f"prompt_vocabulary must be a non-empty list of words, got {self.prompt_vocabulary!r}")
-        if not self.clip_logit_scale > 0:
-            raise ValueError(f"clip_logit_scale must be positive, got {self.clip_logit_scale!r}")
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            raise ValueError(
-                f"image_mean and image_std must have 3 values (std > 0), got {self.image_mean} and {self.image_std}"
-            )
-        if self.image_interpolation not in IMAGE_INTERPOLATIONS:
-            raise ValueError(
-                f"image_interpolation must be one of {IMAGE_INTERPOLATIONS}, got {self.image_interpolation!r}"
-            )
-        if self.image_resize_mode not in IMAGE_RESIZE_MODES:
-            raise ValueError(f"image_resize_mode must be one of {IMAGE_RESIZE_MODES}, got {self.image_resize_mode!r}")
-        if self.clip_config is not None:
-            check_clip_config(self.clip_config)
 
     @classmethod
     def from_clip(
@@ -304,42 +250,22 @@ class PromptMNERProcessor(ProcessorMixin):
         """
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = load_tokenizer(tokenizer, **(tokenizer_kwargs or {}))
-        if clip_config is not None:
-            if clip_pretrained is not None:
-                raise ValueError(
-                    f"clip_pretrained={clip_pretrained!r} needs a registered clip_model_name; an explicit clip_config "
-                    "builds a randomly initialised CLIP, pass clip_pretrained=None"
-                )
-            check_clip_config(clip_config)
-            config = copy.deepcopy(dict(clip_config))
-            model = build_clip(config)
-        else:
-            config, model = create_open_clip(clip_model_name, clip_pretrained, cache_dir)
-        model.eval().requires_grad_(False)
-        preprocess = open_clip.get_model_preprocess_cfg(model)
-        init_kwargs = {
-            "image_size": preprocess.get("size", getattr(model.visual, "image_size", 224)),
-            "image_mean": preprocess.get("mean", OPENAI_CLIP_MEAN),
-            "image_std": preprocess.get("std", OPENAI_CLIP_STD),
-            "image_interpolation": preprocess.get("interpolation", "bicubic"),
-            "image_resize_mode": preprocess.get("resize_mode", "shortest"),
-            "image_fill_color": preprocess.get("fill_color", 0),
-            "clip_logit_scale": float(model.logit_scale.detach().exp()),
-            "clip_model_name": clip_model_name if clip_config is None else None,
-            "clip_pretrained": clip_pretrained,
-        }
-        init_kwargs.update(kwargs)
-        return cls(tokenizer, clip_config=config, clip_model=model, **init_kwargs)
+        scorer = CLIPImageScorer.from_open_clip(clip_model_name, clip_pretrained, clip_config, cache_dir=cache_dir)
+        settings = {**scorer.settings(), **kwargs}  # explicit arguments win over the model's own preprocessing
+        return cls(tokenizer, clip_model=scorer.clip_model, **settings)
 
     # -- serialisation -----------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """`ProcessorMixin.to_dict` without the runtime objects (CLIP modules, transforms), which are not JSON."""
+        """`ProcessorMixin.to_dict` without the runtime objects (the CLIP towers, cached embeddings), with the
+        scorer's settings as flat keys in their place."""
         runtime = {name: self.__dict__.pop(name) for name in _RUNTIME_ATTRIBUTES if name in self.__dict__}
         try:
-            return super().to_dict()
+            output = super().to_dict()
         finally:
             self.__dict__.update(runtime)
+        output.update(self.image_scorer.settings())
+        return output
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
         """Save `processor_config.json`, the tokenizer files and `clip_vision.safetensors`.
@@ -352,12 +278,13 @@ class PromptMNERProcessor(ProcessorMixin):
             for key in ("repo_id", "commit_message", "private", "token", "revision", "create_pr")
             if key in kwargs
         }
-        if self._clip_vision is not None:
-            self._require_clip_weights()  # before writing anything
+        scorer = self.image_scorer
+        if scorer.vision is not None:
+            scorer.require_weights()  # before writing anything
         files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
-        if self._clip_vision is not None:
-            files.append(save_clip_vision(self._clip_vision, save_directory))
-        if self._clip_model is not None:  # CLIP text embeddings of the vocabulary, for explanations
+        if scorer.vision is not None:
+            files.append(scorer.save_weights(save_directory))
+        if scorer.has_text_tower:  # CLIP text embeddings of the vocabulary, for explanations
             files.append(
                 save_vocabulary_embeds(
                     save_directory, self.vocabulary_embeds(), self.prompt_vocabulary, self.prompt_template
@@ -400,23 +327,12 @@ class PromptMNERProcessor(ProcessorMixin):
             revision=revision,
             **kwargs,
         )
-        if processor.clip_config is not None:
+        if processor.image_scorer.clip_config is not None:
             weights_file = resolve_clip_vision_file(
                 pretrained_model_name_or_path, subfolder=kwargs.get("subfolder", ""), **hub_kwargs
             )
-            processor.load_clip_vision_weights(weights_file)
+            processor.image_scorer.load_weights(weights_file)
         return processor
-
-    def load_clip_vision_weights(self, weights_file: str | os.PathLike) -> None:
-        """Load the CLIP image tower from a safetensors file (strict: every tensor must match `clip_config`).
-
-        The weights go into a fresh tower (a live `clip_model` is never modified); the processor then forgets its
-        `clip_model`, whose text tower would no longer belong to the same CLIP.
-        """
-        if self.clip_config is None:
-            raise ValueError("this processor has no clip_config, so it has no CLIP image tower to load weights into")
-        self._clip_vision = load_clip_vision(self.clip_config, weights_file, self._clip_vision)
-        self._clip_model = None
 
     # -- properties --------------------------------------------------------------------------------------------
 
@@ -430,13 +346,9 @@ class PromptMNERProcessor(ProcessorMixin):
 
     @property
     def clip_embed_dim(self) -> int | None:
-        """Width of CLIP's joint embedding space (`image_embeds` and prompt embeddings)."""
-        return None if self.clip_config is None else int(self.clip_config["embed_dim"])
-
-    @property
-    def clip_vision(self) -> torch.nn.Module | None:
-        """The frozen CLIP image tower (`None` for a text-only processor)."""
-        return self._clip_vision
+        """Width of CLIP's joint embedding space (`image_embeds` and prompt embeddings); None for a text-only
+        processor."""
+        return self.image_scorer.embed_dim
 
     @property
     def model_input_names(self) -> list[str]:
@@ -445,68 +357,9 @@ class PromptMNERProcessor(ProcessorMixin):
         ]
 
     def to(self, device: str | torch.device) -> PromptMNERProcessor:
-        """Move the CLIP modules to `device` (image / prompt encoding then runs there); returns `self`."""
-        for module in (self._clip_model, self._clip_vision):
-            if module is not None:
-                module.to(device)
+        """Move the CLIP towers to `device` (image and prompt encoding then run there); returns `self`."""
+        self.image_scorer.to(device)
         return self
-
-    # -- images ------------------------------------------------------------------------------------------------
-
-    load_image = staticmethod(load_image)
-
-    @property
-    def image_transform(self):
-        """open_clip's inference transform (resize, crop / pad, to tensor, normalise) for these settings."""
-        if self._image_transform is None:
-            size = tuple(self.image_size) if isinstance(self.image_size, list) else self.image_size
-            self._image_transform = open_clip.image_transform(
-                size,
-                is_train=False,
-                mean=tuple(self.image_mean),
-                std=tuple(self.image_std),
-                resize_mode=self.image_resize_mode,
-                interpolation=self.image_interpolation,
-                fill_color=self.image_fill_color,
-            )
-        return self._image_transform
-
-    def _require_clip_weights(self) -> torch.nn.Module:
-        if self._clip_vision is None:
-            raise ValueError("this processor has no CLIP image tower (clip_config is None): it cannot encode images")
-        if not has_weights(self._clip_vision):
-            raise ValueError(
-                "the CLIP image tower has no weights: build the processor with PromptMNERProcessor.from_clip(...) "
-                "or load it with from_pretrained(...) (or call load_clip_vision_weights(file))"
-            )
-        return self._clip_vision
-
-    def pixel_values(self, images: Iterable[Any]) -> torch.Tensor:
-        """Load and preprocess images into a `(N, 3, H, W)` float tensor."""
-        return torch.stack([self.image_transform(self.load_image(image)) for image in images])
-
-    def encode_images(self, images: Any, batch_size: int = 32) -> torch.Tensor:
-        """L2-normalised CLIP image embeddings `(N, D)`, float32 on CPU.
-
-        `images` is a list of images (PIL / path / numpy; see `load_image`) or a single one. Images are loaded and
-        encoded `batch_size` at a time on the image tower's device, in eval mode, under `torch.inference_mode()`.
-        The result is an ordinary tensor (usable in autograd graphs).
-        """
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        for index, image in enumerate(images):
-            if image is None:
-                raise ValueError(f"images[{index}] is None; pass examples without an image through __call__")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        vision = self._require_clip_weights()
-        parameter = first_parameter(vision)
-
-        def embed(batch: list) -> torch.Tensor:
-            return vision(self.pixel_values(batch).to(device=parameter.device, dtype=parameter.dtype))
-
-        embeds = embed_in_batches(vision, images, batch_size, embed)
-        return embeds if embeds is not None else torch.zeros(0, self.clip_embed_dim, dtype=torch.float32)
 
     # -- prompts -----------------------------------------------------------------------------------------------
 
@@ -524,19 +377,7 @@ class PromptMNERProcessor(ProcessorMixin):
         processor keeps the image tower only. Compute the prompt embeddings once when building the model; they are
         stored in the model's weights.
         """
-        if self._clip_model is None:
-            raise ValueError(
-                "encode_prompts needs the CLIP text tower, but this processor has only the image tower (a saved "
-                "processor keeps only that). Build it with PromptMNERProcessor.from_clip(...) to encode prompts; "
-                "a trained model already stores its prompt embeddings."
-            )
-        prompts = self.build_prompts(vocabulary)
-        model = self._clip_model
-        device = first_parameter(model).device
-        if self._clip_text_tokenizer is None:
-            self._clip_text_tokenizer = clip_text_tokenizer(self.clip_model_name, self.clip_config)
-        tokenizer = self._clip_text_tokenizer
-        return embed_in_batches(model, prompts, batch_size, lambda batch: model.encode_text(tokenizer(batch).to(device)))
+        return self.image_scorer.encode_texts(self.build_prompts(vocabulary), batch_size=batch_size)
 
     def vocabulary_embeds(self) -> torch.Tensor:
         """`encode_prompts()` of the processor's own vocabulary, computed once while vocabulary and template stay
@@ -631,7 +472,8 @@ class PromptMNERProcessor(ProcessorMixin):
             [`PromptMNERBatch`] with `input_ids`, `attention_mask` `(B, T)`; `word_start_index`, `word_end_index`
             `(B, W)` (token index of each word's first / last token, -1 for padding words); `word_mask` `(B, W)` (1 for
             real words, 0 for padding words); `image_embeds` `(B, D)` and `has_image` `(B,)` if images or image
-            embeddings were given; `labels` `(B, W, max_span_length)` if tags were given. Attributes `texts`, `words`, `word_offsets`, `num_truncated_words`.
+            embeddings were given; `labels` `(B, W, max_span_length)` if tags were given. Attributes `texts`,
+            `words`, `word_offsets`, `num_truncated_words`.
         """
         if return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
@@ -725,11 +567,10 @@ class PromptMNERProcessor(ProcessorMixin):
             image_list = list(images) if isinstance(images, (list, tuple)) else [images]
         if len(image_list) != batch_size:
             raise ValueError(f"got {len(image_list)} images for {batch_size} text examples")
-        if self._clip_vision is None:
+        if self.image_scorer.vision is None:
             raise ValueError("images were given but this processor has no CLIP image tower (clip_config is None)")
-        embeds, has_image = embed_present(
-            image_list, lambda present: self.encode_images(present, batch_size=image_batch_size), self.clip_embed_dim
-        )
+        encode = lambda present: self.image_scorer.encode_images(present, batch_size=image_batch_size)  # noqa: E731
+        embeds, has_image = embed_present(image_list, encode, self.clip_embed_dim)  # (B, D), (B,)
         return {"image_embeds": embeds, "has_image": has_image}
 
     def _stack_image_embeds(self, image_embeds: Any, batch_size: int, is_batched: bool) -> dict[str, torch.Tensor]:

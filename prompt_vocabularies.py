@@ -428,12 +428,13 @@ def explain_model_images(
 ) -> list[list[dict[str, Any]]]:
     """[`explain`] for images, with a PromptMNER model's prompts and `p(P_i | I)` as the model itself computes it
     (`visual_clues.prompt_probabilities`: its temperature, learned or fixed, and its standardised or whitened image
-    embeddings when it has them). `images`: what the processor's `encode_images` takes (paths, PIL images, arrays).
+    embeddings when it has them). `images`: what `processor.image_scorer.encode_images` takes (paths, PIL images,
+    arrays).
     Used by `promptmner-explain` and the Space app, so that both show what the model sees."""
     import torch
 
     clues = model.promptmner.visual_clues
-    image_embeds = processor.encode_images(list(images))  # (N, D)
+    image_embeds = processor.image_scorer.encode_images(list(images))  # (N, D)
     with torch.no_grad():
         probabilities = clues.prompt_probabilities(image_embeds.to(clues.prompt_embeds.device))  # (N, K)
     return explain(

@@ -128,7 +128,7 @@ class PromptExplainer:
     @property
     def available(self) -> bool:
         """Whether the model reads images at all (a text-only processor has no CLIP image tower)."""
-        return self.processor.clip_vision is not None
+        return self.processor.image_scorer.vision is not None
 
     def __call__(self, image) -> list[dict[str, Any]]:
         """`[{"prompt", "index", "probability"[, "nearest_words"]}, ...]`, most probable first."""

@@ -10,15 +10,15 @@ type of ambiguous names), the real pretrained all-MiniLM-L6-v2 text encoder and 
 
 The flow follows transformers' `run_ner_no_trainer.py`: arguments -> data -> image embeddings (computed once,
 cached) -> processor and model -> Accelerate training with dev evaluation every epoch -> the best-dev model
-evaluated on test -> a Hub-ready output folder. The pieces are in the training library `mner_training.py`.
+evaluated on test -> a Hub-ready output folder. The settings are `mner_arguments.RunArguments`; the pieces are
+library modules: `mner_run_inputs` (checks before any data work), `mner_embedding_cache`, `mner_backbone`,
+`mner_training` (collator, optimizer), `mner_checkpoints`, `mner_evaluation`, `mner_model_folder`, `mner_model_card`.
 """
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,169 +34,32 @@ from transformers import get_scheduler
 
 import mner_data
 import mner_demo
-from mner_console import progress_bar, quiet_library_progress_bars
-from mner_serving import SPACE_FOLDER, push_space, space_examples, write_space
-from configuration_promptmner import PROMPT_KINDS
-from mner_training import (
+from atomic_files import write_json
+from mner_arguments import RunArguments, parse_args
+from mner_backbone import fit_clue_path_to_images, model_from_backbone
+from mner_checkpoints import (
     TRAINING_STATE_DIR,
-    MNERCollator,
-    RunArguments,
-    add_image_embeddings,
-    check_run_inputs,
-    clear_previous_run,
-    copy_file,
-    create_optimizer,
-    evaluate,
-    fit_clue_path_to_images,
-    fmt_prf,
-    format_image_report,
-    image_report,
     kill_point,
     load_checkpoint,
-    model_card,
-    model_from_backbone,
     new_progress,
-    predict_spans,
-    push_folder,
-    resolve_checkpoint,
-    results_table,
+    recover_training_state,
     run_signature,
     save_checkpoint,
-    save_model_folder,
-    span_scores,
-    write_json,
-    write_results,
 )
-from mner_prediction import write_prediction_files
+from mner_console import progress_bar, quiet_library_progress_bars
+from mner_embedding_cache import add_image_embeddings, format_image_report, image_report
+from mner_evaluation import evaluate, fmt_prf, predict_spans, results_table, span_scores, write_prediction_files
+from mner_model_card import model_card
+from mner_model_folder import BEST_MODEL_PROGRESS, push_folder, save_model_folder, write_output_folder
+from mner_run_inputs import check_run_inputs, clear_previous_run, resolve_checkpoint
+from mner_runtime import has_accelerator_device
+from mner_serving import SPACE_FOLDER, push_space, space_examples, write_space
+from mner_training import MNERCollator, NonFiniteLossError, check_loss, create_optimizer
 from modeling_promptmner import PromptMNERForSpanNER
 from processing_promptmner import PromptMNERProcessor, load_tokenizer
 from prompt_vocabularies import initial_prompt_embeds, prompt_kind
 
 logger = get_logger(__name__)
-
-
-# --- arguments -----------------------------------------------------------------------------------------------
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawTextHelpFormatter):
-    """`--help` keeps the usage example's line breaks and shows each option's default."""
-
-
-def parse_args(argv: list[str] | None = None) -> RunArguments:
-    """Command-line arguments; with none at all, the offline demo's (`mner_demo.DEMO_ARGUMENTS`).
-
-    The defaults are `RunArguments`' (shown by `--help`), which also validates the values.
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=sorted(mner_data.TWITTER_TEXT_SOURCES), help="Twitter-2015 or -2017")
-    data.add_argument("--data_dir", help="folder with train/valid/test.txt (downloaded there when --dataset is set)")
-    data.add_argument("--image_dir", help="folder with <IMGID>.jpg images")
-    data.add_argument("--image_extension")
-    data.add_argument("--train_file", help="CoNLL+IMGID training file")
-    data.add_argument("--validation_file", help="CoNLL+IMGID development file")
-    data.add_argument("--test_file", help="CoNLL+IMGID test file")
-    data.add_argument(
-        "--hf_dataset",
-        help="a `datasets` dataset (Hub id, or a folder saved with save_to_disk) with tokens, ner_tags and image columns",
-    )
-    data.add_argument("--tokens_column")
-    data.add_argument("--tags_column")
-    data.add_argument("--image_column")
-    data.add_argument("--max_train_samples", type=int, help="use only the first N training examples")
-    data.add_argument("--max_eval_samples", type=int, help="use only the first N dev and test examples")
-    data.add_argument("--max_length", type=int, help="max text tokens (whole words are kept)")
-    data.add_argument("--cache_dir", help="image-embedding cache (default: <output_dir>/../.cache/promptmner)")
-    data.add_argument("--image_batch_size", type=int, help="images per CLIP forward pass")
-    data.add_argument("--demo", action="store_true", help="generate and use the offline demo corpus")
-    data.add_argument(
-        "--allow_unverified_data", action="store_true", help="accept dataset files whose checksum is not pinned"
-    )
-
-    model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", help="BERT-family text backbone")
-    model.add_argument("--clip_model", help="open_clip model name")
-    model.add_argument("--clip_pretrained", help="open_clip pretrained tag ('none': random)")
-    model.add_argument("--clip_config", help="JSON file with an open_clip model config (random weights)")
-    prompt_choices = " | ".join(kind for kind in PROMPT_KINDS if kind != "custom")
-    model.add_argument("--prompts", help=f"{prompt_choices}, a '+'-combination (kb+expert) or a file")
-    model.add_argument(
-        "--prompt_vocabulary",
-        help="vocabulary the processor carries: for continuous prompts, the one they start from (--prompt_init "
-        "vocabulary) and the words explanations name (default: task_labels+kb+expert); discrete: --prompts",
-    )
-    model.add_argument(
-        "--prompt_init",
-        choices=("random", "vocabulary", "kmeans"),
-        help="continuous prompts: random, the vocabulary's words, or k-means centroids of the training images",
-    )
-    model.add_argument(
-        "--standardize_image_embeds",
-        action="store_true",
-        help="standardise image embeddings with the training images' mean and std before scoring the prompts "
-        "(not in the paper; recommended with continuous prompts, see BENCHMARKS.md 'Visual clues')",
-    )
-    model.add_argument(
-        "--whiten_image_embeds",
-        action="store_true",
-        help="whiten image embeddings (ZCA with the training images' mean and covariance) before scoring the "
-        "prompts; instead of --standardize_image_embeds (not in the paper; see BENCHMARKS.md 'Visual clues')",
-    )
-    model.add_argument(
-        "--clue_scale",
-        type=float,
-        help="multiply the projected clues p(P_i|I) W s_i (default 1, the paper's; see BENCHMARKS.md 'Visual clues')",
-    )
-    model.add_argument("--prompt_temperature", type=float, help="1/tau of p(P_i|I) (default: the CLIP's own, 100)")
-    model.add_argument("--learnable_temperature", action="store_true", help="learn 1/tau, from its initial value")
-    model.add_argument("--num_prompts", type=int, help="number of continuous prompts (paper: 100)")
-    model.add_argument("--prompt_template")
-    model.add_argument("--max_span_length", type=int, help="longest span in words")
-    model.add_argument("--span_dropout", type=float, help="dropout of the span classifier (paper: 0.5)")
-    model.add_argument("--no_mas", action="store_true", help="ablation: one query projection for all modalities")
-    model.add_argument("--text_only", action="store_true", help="ablation: no visual clues at all")
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--per_device_train_batch_size", type=int)
-    train.add_argument("--per_device_eval_batch_size", type=int)
-    train.add_argument("--learning_rate", type=float)
-    train.add_argument(
-        "--head_learning_rate",
-        type=float,
-        help="learning rate of the parameters trained from scratch (span classifier, clue projection, prompts); "
-        "default: --learning_rate",
-    )
-    train.add_argument(
-        "--prompt_learning_rate", type=float, help="learning rate of the continuous prompts (and a learnable temperature)"
-    )
-    train.add_argument("--weight_decay", type=float)
-    train.add_argument("--num_train_epochs", type=int)
-    train.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
-    train.add_argument("--gradient_accumulation_steps", type=int)
-    train.add_argument("--lr_scheduler_type")
-    train.add_argument("--warmup_ratio", type=float, help="fraction of steps for linear warmup")
-    train.add_argument("--max_grad_norm", type=float)
-    train.add_argument("--seed", type=int)
-
-    output = parser.add_argument_group("output")
-    output.add_argument("--output_dir", help="becomes a complete Hub repository")
-    output.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="replace the run a non-empty --output_dir holds (its checkpoints and training state are deleted)",
-    )
-    output.add_argument("--checkpointing_steps", help="save state every N steps, or 'epoch'")
-    output.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
-    output.add_argument("--with_tracking", action="store_true", help="log to tensorboard")
-    output.add_argument("--push_to_hub", action="store_true")
-    output.add_argument("--hub_model_id", help="org/name of the Hub repository")
-    output.add_argument("--hub_space_id", help="org/name of a Gradio Space to push the model's Space folder to")
-    output.add_argument("--hub_token")
-
-    parser.set_defaults(**{field.name: field.default for field in dataclasses.fields(RunArguments)})
-    values = vars(parser.parse_args(argv)) if argv else mner_demo.DEMO_ARGUMENTS
-    return RunArguments(**values)
 
 
 # --- data and image embeddings -------------------------------------------------------------------------------
@@ -254,7 +117,7 @@ def build_processor(args: RunArguments, labels: list[str]) -> PromptMNERProcesso
         labels=labels,
         max_span_length=args.max_span_length,
         prompt_template=args.prompt_template,
-        prompt_vocabulary=args.prompt_vocabulary,
+        prompt_vocabulary=args.prompt_words,
     )
     if args.text_only:  # no CLIP at all: the model only ever takes its text-only path
         return PromptMNERProcessor(load_tokenizer(args.model_name_or_path), clip_config=None, **common)
@@ -334,7 +197,7 @@ def end_of_epoch(args, accelerator, model, processor, dev_loader, dev_tags, epoc
         progress.update(best_f1=dev["f1"], best_epoch=epoch)
         save_model_folder(accelerator, model, processor, state_dir / "best_model", f"best_model_save:{epoch}")
     if accelerator.is_main_process:
-        write_json(state_dir / "best_model" / "progress.json", progress)
+        write_json(state_dir / "best_model" / BEST_MODEL_PROGRESS, progress)
 
 
 def train_epoch(args, accelerator, model, optimizer, scheduler, train_loader, progress, skip, max_steps, bar) -> None:
@@ -353,9 +216,10 @@ def train_epoch(args, accelerator, model, optimizer, scheduler, train_loader, pr
             scheduler.step()
             optimizer.zero_grad()
         window.append(loss.detach())
-        if not accelerator.sync_gradients:
+        if not accelerator.sync_gradients:  # a micro-batch inside an accumulation window: no optimizer step yet
             continue
-        step_loss = accelerator.gather(torch.stack(window).mean()).mean().item()
+        # The step's loss: the mean over its micro-batches, then over the processes (each had its own batch).
+        step_loss = check_loss(progress["step"] + 1, accelerator.gather(torch.stack(window).mean()).mean().item())
         window = []
         progress["step"] += 1
         progress["step_losses"].append(step_loss)
@@ -378,6 +242,8 @@ def train(args: RunArguments, accelerator, model, processor, data, collator) -> 
     that epoch's steps (none, when the checkpoint was taken at its last step), then evaluates it.
     """
     state_dir = Path(args.output_dir) / TRAINING_STATE_DIR
+    # A seeded generator: the shuffling order is part of the run, so that a resumed run sees the same batches
+    # (`use_seedable_sampler` in `main` makes Accelerate's sampler follow it, epoch by epoch via `set_epoch`).
     generator = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(
         data["train"], shuffle=True, batch_size=args.per_device_train_batch_size, collate_fn=collator, generator=generator
@@ -387,9 +253,13 @@ def train(args: RunArguments, accelerator, model, processor, data, collator) -> 
         model, args.learning_rate, args.weight_decay, args.head_learning_rate, accelerator.device.type,
         prompt_learning_rate=args.prompt_learning_rate,
     )
+    # Optimizer steps, counted after `prepare` shards the batches over the processes and `accumulate` groups
+    # `gradient_accumulation_steps` micro-batches into one step.
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_steps / steps_per_epoch)
+    # The prepared scheduler steps `num_processes` times per optimizer step (Accelerate keeps schedules written for one
+    # process right under any topology that way), so its warmup and total lengths are scaled by the same factor.
     scheduler = get_scheduler(
         args.lr_scheduler_type,
         optimizer=optimizer,
@@ -407,12 +277,13 @@ def train(args: RunArguments, accelerator, model, processor, data, collator) -> 
     dev_tags = data["validation"]["tags"]
     bar = progress_bar(max_steps, desc="train", unit="steps", initial=progress["step"],
                        disable=not accelerator.is_local_main_process)  # fmt: skip
+    # An epoch is done when the progress record has its dev evaluation: a resumed run starts at the first one without.
     for epoch in range(len(progress["history"]), num_epochs):
         done = progress["step"] - epoch * steps_per_epoch  # this epoch's optimizer steps taken before a resume
         if done < steps_per_epoch and progress["step"] < max_steps:
             model.train()
-            train_loader.set_epoch(epoch)
-            skip = done * args.gradient_accumulation_steps
+            train_loader.set_epoch(epoch)  # the epoch's shuffling order, the same as an uninterrupted run's
+            skip = done * args.gradient_accumulation_steps  # micro-batches already consumed this epoch
             train_epoch(args, accelerator, model, optimizer, scheduler, train_loader, progress, skip, max_steps, bar)
         epoch_losses = progress["step_losses"][epoch * steps_per_epoch : progress["step"]]
         end_of_epoch(args, accelerator, model, processor, dev_loader, dev_tags, epoch, epoch_losses, progress)
@@ -444,7 +315,7 @@ def final_evaluation(args: RunArguments, accelerator, processor, data, collator)
                 write_prediction_files(args.output_dir, split, data[split]["tokens"], data[split]["tags"], predictions,
                                        ids=data[split]["id"])  # fmt: skip
     accelerator.print(results_table(results))
-    progress = json.loads((state_dir / "best_model" / "progress.json").read_text())
+    progress = json.loads((state_dir / "best_model" / BEST_MODEL_PROGRESS).read_text())
     return {
         "results": results,
         "best_epoch": progress["best_epoch"],
@@ -453,19 +324,6 @@ def final_evaluation(args: RunArguments, accelerator, processor, data, collator)
         "image_report": image_report(data),
         "text_only": args.text_only,
     }
-
-
-def write_output_folder(args: RunArguments, accelerator: Accelerator, summary: dict, labels: list[str]) -> None:
-    """The best-dev model folder copied to `--output_dir`, with its model card."""
-    if accelerator.is_main_process:
-        best_model = Path(args.output_dir) / TRAINING_STATE_DIR / "best_model"
-        for name in os.listdir(best_model):
-            if name != "progress.json":
-                copy_file(best_model / name, Path(args.output_dir) / name)
-        card = Path(args.output_dir) / "README.md.partial"
-        model_card(args, summary, labels).save(card)
-        os.replace(card, card.with_suffix(""))
-    accelerator.wait_for_everyone()
 
 
 def run(args: RunArguments, accelerator: Accelerator) -> dict:
@@ -480,7 +338,8 @@ def run(args: RunArguments, accelerator: Accelerator) -> dict:
     started = time.time()
     train(args, accelerator, model, processor, data, collator)
     summary = final_evaluation(args, accelerator, processor, data, collator)
-    write_output_folder(args, accelerator, summary, processor.labels)
+    dataset_note = mner_demo.DEMO_CORPUS_NOTE if args.demo else None
+    write_output_folder(accelerator, args.output_dir, model_card(args, summary, processor.labels, dataset_note))
     if accelerator.is_main_process:  # the Space folder: served model, and examples (images of the demo corpus only)
         examples = space_examples(raw["validation"], with_images=args.demo)
         write_space(Path(args.output_dir) / SPACE_FOLDER, args.hub_model_id, examples=examples)
@@ -497,7 +356,7 @@ def demo_comparison(args: RunArguments, accelerator: Accelerator, multimodal: di
     text_args = dataclasses.replace(args, text_only=True, push_to_hub=False, output_dir=text_output)
     text_only = run(text_args, accelerator)
     if accelerator.is_main_process:
-        write_results(text_output, text_only)
+        write_json(Path(text_output) / "all_results.json", text_only)
     comparison = {
         split: {
             "multimodal_f1": multimodal["results"][split]["f1"],
@@ -519,18 +378,13 @@ def demo_comparison(args: RunArguments, accelerator: Accelerator, multimodal: di
 # --- main ----------------------------------------------------------------------------------------------------
 
 
-def has_accelerator_device() -> bool:
-    """Whether any device besides the CPU is there for Accelerate to use."""
-    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
-
-    return torch.cuda.is_available() or is_mps_available() or is_xpu_available() or is_npu_available()
-
-
 def checked_args(argv: list[str] | None = None) -> RunArguments:
-    """The run's arguments, with every file and folder it will read or write checked before any data work. A
-    bad value ends the script with its message (exit status 2, as argparse does), no traceback."""
+    """The run's arguments (with none at all, the offline demo's: `mner_demo.DEMO_ARGUMENTS`), with every file and
+    folder the run will read or write checked before any data work. A bad value ends the script with its message
+    (exit status 2, as argparse does), no traceback."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        args = parse_args(argv)
+        args = parse_args(argv, description=__doc__) if argv else RunArguments(**mner_demo.DEMO_ARGUMENTS)
         if args.demo:
             args.model_name_or_path = mner_demo.demo_backbone()
         check_run_inputs(args)
@@ -556,17 +410,22 @@ def main(argv: list[str] | None = None) -> dict:
         transformers.utils.logging.set_verbosity_error()
     if accelerator.is_main_process:
         clear_previous_run(args)
+        recover_training_state(Path(args.output_dir) / TRAINING_STATE_DIR)
     accelerator.wait_for_everyone()
     if args.with_tracking:
-        tracked = {k: v for k, v in dataclasses.asdict(args).items() if isinstance(v, (int, float, str, bool))}
+        tracked = {k: v for k, v in args.settings().items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("promptmner", tracked)
     if args.demo:
         accelerator.print(mner_demo.DEMO_CORPUS_NOTE)
-    summary = run(args, accelerator)
+    try:
+        summary = run(args, accelerator)
+    except NonFiniteLossError as err:  # every process sees the same gathered loss, so every process stops here
+        print(f"run_mner.py: error: {err}", file=sys.stderr)
+        sys.exit(1)
     if args.demo and not args.text_only:
         summary["demo_comparison"] = demo_comparison(args, accelerator, summary)
     if accelerator.is_main_process:
-        write_results(args.output_dir, summary)
+        write_json(Path(args.output_dir) / "all_results.json", summary)
         if args.push_to_hub:
             push_folder(args.output_dir, args.hub_model_id, args.hub_token)
         if args.hub_space_id:

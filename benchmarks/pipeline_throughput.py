@@ -33,7 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from mner_demo import TINY_CLIP_CONFIG  # noqa: E402
-from mner_training import model_from_backbone  # noqa: E402
+from mner_backbone import model_from_backbone  # noqa: E402
 from pipeline_promptmner import MultimodalNERPipeline  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
 

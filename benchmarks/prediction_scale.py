@@ -51,7 +51,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from mner_demo import DEMO_CLIP_CONFIG, TINY_CLIP_CONFIG, demo_backbone  # noqa: E402
-from mner_training import model_from_backbone  # noqa: E402
+from mner_backbone import model_from_backbone  # noqa: E402
 from pipeline_promptmner import save_pipeline  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
 

@@ -9,8 +9,8 @@ All models have random weights (no download); sizes: `minilm` = hidden 384, 6 la
       against transformers' `RobertaModel` at the same total length, width and attention mask;
   (b) full training step (`PromptMNERForSpanNER` loss backward + run_mner.py's AdamW step): text only vs
       16 / 50 / 100 clues;
-  (c) CLIP image-embedding precompute: `PromptMNERProcessor.encode_images` with a random open_clip tower on
-      generated images, and `mner_training.add_image_embeddings` on a small generated dataset, first call (encodes,
+  (c) CLIP image-embedding precompute: `CLIPImageScorer.encode_images` with a random open_clip tower on
+      generated images, and `mner_embedding_cache.add_image_embeddings` on a small generated dataset, first call (encodes,
       writes the cache) vs second call (reads the cache);
   (d) peak memory: on CPU the growth of the peak resident set size (VmHWM) of a fresh subprocess that runs
       the workload, from after imports to after the steps (model, optimizer state, activations, allocator
@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 from configuration_promptmner import PromptMNERConfig  # noqa: E402
 from mner_demo import TINY_CLIP_CONFIG  # noqa: E402
 from modeling_promptmner import PromptMNERForSpanNER  # noqa: E402
-from mner_training import add_image_embeddings, create_optimizer  # noqa: E402
+from mner_embedding_cache import add_image_embeddings  # noqa: E402
+from mner_training import create_optimizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_throughput import write_images  # noqa: E402
@@ -209,14 +210,14 @@ def clip_precompute(args, device) -> list[tuple[str, float, float]]:
 
     datasets.disable_progress_bars()
     processor = build_processor(args)
-    processor.clip_vision.to(device)
+    processor.image_scorer.to(device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_images(Path(tmp), args.images)
-        processor.encode_images(paths, batch_size=args.images)  # warm-up (same batch shape)
+        processor.image_scorer.encode_images(paths, batch_size=args.images)  # warm-up (same batch shape)
         sync(device)
         start = time.perf_counter()
-        processor.encode_images(paths, batch_size=args.images)
+        processor.image_scorer.encode_images(paths, batch_size=args.images)
         sync(device)
         seconds = time.perf_counter() - start
         rows.append((f"`encode_images` ({args.images} JPEGs, one batch)", seconds, args.images / seconds))
@@ -244,9 +245,9 @@ def run_workload(name: str, args, device):
     """Build and run one workload (warm-up + 2 steps) in this process."""
     if name == "encode_images":
         processor = build_processor(args)
-        processor.clip_vision.to(device)
+        processor.image_scorer.to(device)
         with tempfile.TemporaryDirectory() as tmp:
-            processor.encode_images(write_images(Path(tmp), args.images), batch_size=args.images)
+            processor.image_scorer.encode_images(write_images(Path(tmp), args.images), batch_size=args.images)
         return
     if name.startswith("train step"):
         fn = train_step(args, int(name.split("=")[1]), device)

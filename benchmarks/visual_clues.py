@@ -52,8 +52,9 @@ from transformers import BertConfig, BertModel, get_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mner_demo import DEMO_AMBIGUOUS_NAMES, DEMO_CLIP_CONFIG, DEMO_TYPES, demo_backbone  # noqa: E402
-from mner_training import MNERCollator, create_optimizer, fit_clue_path_to_images, model_from_backbone  # noqa: E402
+from mner_demo import DEMO_AMBIGUOUS_NAMES, DEMO_CLIP_CONFIG, DEMO_TYPES, add_pixel_noise, demo_backbone  # noqa: E402
+from mner_backbone import fit_clue_path_to_images, model_from_backbone  # noqa: E402
+from mner_training import MNERCollator, create_optimizer  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
 from prompt_vocabularies import initial_prompt_embeds  # noqa: E402
 
@@ -121,11 +122,6 @@ def draw_layouts(image_type: str, rng: np.random.Generator, size: int) -> Image.
     return image
 
 
-def with_noise(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    pixels = np.asarray(image, dtype=np.int16) + rng.normal(0.0, 8.0, (*image.size[::-1], 3)).round().astype(np.int16)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-
 TEXT_CFG = DEMO_CLIP_CONFIG["text_cfg"]
 RESNET_CLIP = {  # a tiny ModifiedResNet: one bottleneck per stage, attention pooling
     "embed_dim": 64,
@@ -164,7 +160,7 @@ def make_split(family: Family, count: int, seed: str, image_size: int = 64) -> l
         tokens = template[:start] + [text_rng.choice(DEMO_AMBIGUOUS_NAMES)] + template[start + 1 :]
         tags = ["O"] * len(tokens)
         tags[start] = f"B-{image_type}"
-        image = with_noise(family.draw(image_type, image_rng, image_size), image_rng)
+        image = add_pixel_noise(family.draw(image_type, image_rng, image_size), image_rng)
         rows.append({"tokens": tokens, "tags": tags, "type": image_type, "start": start, "image": image})
     return rows
 
@@ -241,7 +237,7 @@ def family_data(name: str, args) -> tuple[PromptMNERProcessor, dict]:
     splits = {"train": args.num_train, "test": args.num_test}
     data = {split: make_split(family, count, f"visual-clues-{name}-{split}") for split, count in splits.items()}
     for rows in data.values():
-        embeds = processor.encode_images([row.pop("image") for row in rows], batch_size=64)  # (N, D)
+        embeds = processor.image_scorer.encode_images([row.pop("image") for row in rows], batch_size=64)  # (N, D)
         for row, embed in zip(rows, embeds):
             row["image_embeds"] = embed.tolist()
     return processor, data
@@ -434,7 +430,7 @@ def summarise(records: list[dict], families: list[str], candidates: list[str]) -
 
 
 def target_met(entry: dict, candidate_id: str) -> bool:
-    """Issue 15's target: (b) >= 90% of (a), and (d) within 3 points of chance (1/3)."""
+    """The target of the clue path: (b) >= 90% of (a), and (d) within 3 points of chance (1/3)."""
     runs = entry[candidate_id]
     b, d = statistics.mean(runs["test"]), statistics.mean(runs["shuffled"])
     return b >= 0.9 * entry["probe"] and abs(d - 1 / 3) <= 0.03

@@ -6,6 +6,9 @@
 - `roberta_tokenizer`: a real RoBERTa-style byte-level BPE fast tokenizer trained offline on Python's own docstrings
   plus a few tweet-like sentences.
 - `tiny_processor` / `tiny_roberta_processor`: `PromptMNERProcessor.from_clip` around those.
+- `model`, `pipe`, `saved_folder`: a tiny random span model on `tiny_roberta_processor` (`tiny_models.tiny_span_model`),
+  its `multimodal-ner` pipeline, and the model folder `save_pipeline` writes (model, processor, pipeline, remote code,
+  endpoint handler). Shared by every test module; no test changes them.
 """
 
 from __future__ import annotations
@@ -168,3 +171,29 @@ def tiny_processor(bert_tokenizer, tiny_clip_config):
 def tiny_roberta_processor(roberta_tokenizer, tiny_clip_config):
     """`PromptMNERProcessor.from_clip` with the byte-level BPE tokenizer and a tiny random CLIP."""
     return _from_clip(roberta_tokenizer, tiny_clip_config)
+
+
+@pytest.fixture(scope="session")
+def model(tiny_roberta_processor):
+    """A tiny random PromptMNER span model in eval mode (5 continuous prompts, a head biased towards entities)."""
+    from tiny_models import tiny_span_model
+
+    return tiny_span_model(tiny_roberta_processor)
+
+
+@pytest.fixture(scope="session")
+def pipe(model, tiny_roberta_processor):
+    """The `multimodal-ner` pipeline of `model` on the CPU."""
+    from pipeline_promptmner import MultimodalNERPipeline
+
+    return MultimodalNERPipeline(model=model, processor=tiny_roberta_processor, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def saved_folder(model, tiny_roberta_processor, tmp_path_factory) -> Path:
+    """`model` saved as `run_mner.py` saves one: model, processor, pipeline, their remote code, `handler.py`."""
+    from pipeline_promptmner import save_pipeline
+
+    folder = tmp_path_factory.mktemp("saved_model")
+    save_pipeline(model, tiny_roberta_processor, folder)
+    return folder

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -76,9 +77,10 @@ def run(command: list[str], cwd: Path, expect: int | None = 0, env: dict | None 
 def run_python(code: str, cwd: Path, hide_project: bool = True, **env: str) -> str:
     """Run a Python snippet in a fresh interpreter in `cwd` (by default without this project, as on a Hub user's
     machine, so whatever it loads of ours comes through `trust_remote_code`); return its stdout."""
-    script = Path(cwd) / "fresh_process_script.py"
-    script.write_text(textwrap.dedent(code))
-    return run([sys.executable, str(script)], cwd, env=child_env(hide_project=hide_project, **env)).stdout
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "fresh_process_script.py"
+        script.write_text(textwrap.dedent(code))
+        return run([sys.executable, str(script)], cwd, env=child_env(hide_project=hide_project, **env)).stdout
 
 
 def launch_run_mner(args: list[str], cwd: Path, num_processes: int = 1, threads: int = 1, expect: int | None = 0,

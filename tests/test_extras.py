@@ -18,20 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline_promptmner import save_pipeline
 from processes import OPTIONAL_MODULES, PROJECT_MODULES, child_env, run, run_python
-from tiny_models import tiny_span_model
 
 pytestmark = pytest.mark.slow  # each check starts a process
 
 TEXT = "Kevin Durant arrives in Oklahoma City"
-
-
-@pytest.fixture(scope="module")
-def saved_folder(tiny_roberta_processor, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    save_pipeline(tiny_span_model(tiny_roberta_processor), tiny_roberta_processor, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import torch
 from transformers import BertModel
 
 from configuration_promptmner import PromptMNERConfig
-from mner_training import backbone_to_config, create_optimizer, fit_clue_path_to_images, model_from_backbone
+from mner_backbone import backbone_to_config, fit_clue_path_to_images, model_from_backbone
+from mner_training import create_optimizer
 from prompt_vocabularies import kmeans_prompt_embeds
 from tiny_models import tiny_roberta
 from modeling_promptmner import (

@@ -16,7 +16,7 @@ from processes import offline_hub_cache, run_python
 from tiny_models import assert_same_entities, tiny_span_model
 from tweet_words import split_words
 from modeling_promptmner import PromptMNERForSpanNER
-from mner_serving import WIDGET_EXAMPLES, usage_snippets
+from mner_model_card import WIDGET_EXAMPLES, usage_snippets
 from pipeline_promptmner import MultimodalNERPipeline, chunk_word_ranges, merge_chunk_candidates, save_pipeline
 
 REPO_ID = "org/promptmner-pipeline-tiny"
@@ -25,16 +25,6 @@ ODD_TEXTS = [
     "Jean-Luc meets the U.S. team in Zürich 😂😂 #WorldCup",
     "",
 ]
-
-
-@pytest.fixture(scope="module")
-def model(tiny_roberta_processor):
-    return tiny_span_model(tiny_roberta_processor)
-
-
-@pytest.fixture(scope="module")
-def pipe(model, tiny_roberta_processor):
-    return MultimodalNERPipeline(model=model, processor=tiny_roberta_processor, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -321,13 +311,6 @@ def test_processor_found_next_to_the_model_and_factory_with_objects(saved_folder
     assert MultimodalNERPipeline(model=loaded, device="cpu")(text) == pipe(text)  # processor loaded from the folder
     ner = pipeline("multimodal-ner", model=model, processor=tiny_roberta_processor, device="cpu")
     assert isinstance(ner, MultimodalNERPipeline) and ner(text) == pipe(text)
-
-
-@pytest.fixture(scope="module")
-def saved_folder(model, tiny_roberta_processor, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    save_pipeline(model, tiny_roberta_processor, folder)
-    return folder
 
 
 # --- model card ---------------------------------------------------------------------------------------------------

@@ -24,27 +24,22 @@ from PIL import Image
 from seqeval.metrics import f1_score, precision_score, recall_score
 
 import mner_prediction
+import mner_runtime
 from conftest import TWEET_SENTENCES
 from processes import REPO_ROOT, child_env, run
-from mner_prediction import LineBlocks, PredictionJob, check_job, predict_file, scan_output, write_prediction_files
-from pipeline_promptmner import save_pipeline
+from mner_evaluation import write_prediction_files
+from mner_prediction import LineBlocks, PredictionJob, check_job, predict_file, scan_output
 from span_utils import bio_to_spans, entity_scores
-from tiny_models import assert_same_entities, tiny_span_model
+from tiny_models import assert_same_entities
 
 
 # --- fixtures: a saved tiny model, a posts file with images and bad lines -----------------------------------------
 
 
 @pytest.fixture(scope="module")
-def model_folder(tiny_roberta_processor, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    save_pipeline(tiny_span_model(tiny_roberta_processor), tiny_roberta_processor, folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def pipe(model_folder):
-    return mner_prediction.load_pipeline(str(model_folder), "cpu")
+def pipe(saved_folder):
+    """The pipeline loaded from the saved folder, as the command loads it (this module's own `pipe`)."""
+    return mner_runtime.load_pipeline(str(saved_folder), "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +103,7 @@ def posts(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("posts") / "posts.jsonl", posts_lines(300))
 
 
-def command(model_folder: Path, source: Path, target: Path, image_dir: Path, *extra: str, processes: int = 1):
+def command(saved_folder: Path, source: Path, target: Path, image_dir: Path, *extra: str, processes: int = 1):
     """`promptmner-predict ...` (one process: the installed console script) or
     `accelerate launch --multi_gpu ... -m predict_mner ...`."""
     if processes == 1:
@@ -117,7 +112,7 @@ def command(model_folder: Path, source: Path, target: Path, image_dir: Path, *ex
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                     str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                     "-m", "predict_mner"]  # fmt: skip
-    arguments = ["--model", str(model_folder), "--input", str(source), "--output", str(target), "--image_dir",
+    arguments = ["--model", str(saved_folder), "--input", str(source), "--output", str(target), "--image_dir",
                  str(image_dir), "--batch_size", "4", *extra]  # fmt: skip
     return launcher + arguments
 
@@ -133,10 +128,10 @@ def read_records(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(model_folder, posts, image_dir, tmp_path_factory) -> bytes:
+def reference(saved_folder, posts, image_dir, tmp_path_factory) -> bytes:
     """The output of one plain process (`promptmner-predict`)."""
     folder = tmp_path_factory.mktemp("reference")
-    run_command(command(model_folder, posts, folder / "entities.jsonl", image_dir), cwd=folder)
+    run_command(command(saved_folder, posts, folder / "entities.jsonl", image_dir), cwd=folder)
     return (folder / "entities.jsonl").read_bytes()
 
 
@@ -228,11 +223,11 @@ def test_bad_arguments_are_named_before_anything_is_opened(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_command_refuses_its_input_as_output_with_exit_status_2(model_folder, posts, image_dir, tmp_path):
+def test_command_refuses_its_input_as_output_with_exit_status_2(saved_folder, posts, image_dir, tmp_path):
     link = tmp_path / "link.jsonl"
     link.symlink_to(posts)
     before = posts.read_bytes()
-    done = run_command(command(model_folder, posts, link, image_dir, "--overwrite"), cwd=tmp_path, expect=2)
+    done = run_command(command(saved_folder, posts, link, image_dir, "--overwrite"), cwd=tmp_path, expect=2)
     assert "--output" in done.stderr and "would overwrite the input file" in done.stderr
     assert posts.read_bytes() == before and not (tmp_path / "link.jsonl.partial").exists()
 
@@ -266,7 +261,7 @@ def test_exit_status(lines, ok, fail_on_error, status):
 
 
 @pytest.mark.slow
-def test_command_writes_error_records_and_all_good_lines(model_folder, pipe, image_dir, tmp_path):
+def test_command_writes_error_records_and_all_good_lines(saved_folder, pipe, image_dir, tmp_path):
     image_file = image_dir / "0.png"
     lines = [
         json.dumps({"id": "a", "text": TWEET_SENTENCES[0]}),
@@ -280,7 +275,7 @@ def test_command_writes_error_records_and_all_good_lines(model_folder, pipe, ima
         json.dumps({"id": 7, "text": TWEET_SENTENCES[4]}),
     ]
     source, target = write_jsonl(tmp_path / "in.jsonl", lines), tmp_path / "out" / "entities.jsonl"
-    run_command(command(model_folder, source, target, image_dir, "--batch_size", "3"), cwd=tmp_path)
+    run_command(command(saved_folder, source, target, image_dir, "--batch_size", "3"), cwd=tmp_path)
     records = read_records(target)
     assert [r["line"] for r in records] == [1, 2, 3, 4, 6, 7, 8, 9]
     assert [r.get("id") for r in records] == ["a", None, "c", "d", None, "f", None, 7]
@@ -302,12 +297,12 @@ def test_command_writes_error_records_and_all_good_lines(model_folder, pipe, ima
     assert_same_entities([good[1], good[3], good[6], good[9]], expected)
 
     write_jsonl(source, ['{"text": 1}', "not json"])
-    run_command(command(model_folder, source, target, image_dir, "--overwrite"), cwd=tmp_path, expect=1)  # all failed
+    run_command(command(saved_folder, source, target, image_dir, "--overwrite"), cwd=tmp_path, expect=1)  # all failed
     assert len(target.read_text().splitlines()) == 2
 
 
 @pytest.mark.slow
-def test_command_writes_lone_surrogate_lines_as_error_records(model_folder, image_dir, tmp_path):
+def test_command_writes_lone_surrogate_lines_as_error_records(saved_folder, image_dir, tmp_path):
     """A lone surrogate (`"\\ud800"` in JSON) in a line's text, id, nested id or image path fails that line only: its
     error names the field and the character, its record has no id when the id cannot be written, the run goes on."""
     lines = [
@@ -320,7 +315,7 @@ def test_command_writes_lone_surrogate_lines_as_error_records(model_folder, imag
         json.dumps({"text": TWEET_SENTENCES[4], "image": "0.png"}),
     ]
     source, target = write_jsonl(tmp_path / "in.jsonl", lines), tmp_path / "entities.jsonl"
-    done = run_command(command(model_folder, source, target, image_dir, "--batch_size", "3"), cwd=tmp_path)
+    done = run_command(command(saved_folder, source, target, image_dir, "--batch_size", "3"), cwd=tmp_path)
     records = read_records(target)  # strict UTF-8
     assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6, 7]
     assert [r.get("id") for r in records] == ["a", "b", None, None, "e", "\U0001F600", None]
@@ -432,13 +427,13 @@ def test_partial_output_keeps_its_complete_blocks_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_file(model_folder, posts, image_dir, reference, tmp_path):
+def test_killed_run_resumes_to_the_same_file(saved_folder, posts, image_dir, reference, tmp_path):
     """kill -9 of a one-process run part way; `--resume` under two processes finishes the same file as an
     uninterrupted run, byte for byte."""
     target = tmp_path / "entities.jsonl"
     partial = mner_prediction.partial_path(target)
     with open(tmp_path / "stderr.txt", "w") as log:
-        process = subprocess.Popen(command(model_folder, posts, target, image_dir), cwd=tmp_path, env=child_env(),
+        process = subprocess.Popen(command(saved_folder, posts, target, image_dir), cwd=tmp_path, env=child_env(),
                                    stdout=log, stderr=log, start_new_session=True)  # fmt: skip
         while process.poll() is None:  # until 40 records are written (or the run ends, which fails below)
             if partial.exists() and partial.read_bytes().count(b"\n") >= 40:
@@ -451,7 +446,7 @@ def test_killed_run_resumes_to_the_same_file(model_folder, posts, image_dir, ref
     done = partial.read_bytes().count(b"\n")
     assert 40 <= done < reference.count(b"\n")
 
-    finished = run_command(command(model_folder, posts, target, image_dir, "--resume", processes=2), cwd=tmp_path)
+    finished = run_command(command(saved_folder, posts, target, image_dir, "--resume", processes=2), cwd=tmp_path)
     assert target.read_bytes() == reference
     resumed_lines = reference.count(b"\n") - done // 4 * 4  # the kept blocks are not predicted again
     assert f"({resumed_lines} lines in this run" in finished.stderr
@@ -461,10 +456,10 @@ def test_killed_run_resumes_to_the_same_file(model_folder, posts, image_dir, ref
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_same_file_as_one(model_folder, posts, image_dir, reference, tmp_path):
+def test_two_processes_write_the_same_file_as_one(saved_folder, posts, image_dir, reference, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` (gloo on CPU), two DataLoader workers per process."""
     target = tmp_path / "entities.jsonl"
-    done = run_command(command(model_folder, posts, target, image_dir, "--num_workers", "2", processes=2), cwd=tmp_path)
+    done = run_command(command(saved_folder, posts, target, image_dir, "--num_workers", "2", processes=2), cwd=tmp_path)
     assert target.read_bytes() == reference
     records = read_records(target)
     lines = posts_lines(300)

@@ -202,14 +202,15 @@ def _image_set(tmp_path) -> list:
 
 def test_encode_images_normalised_and_batch_independent(tiny_processor, tmp_path):
     images = _image_set(tmp_path)
-    all_at_once = tiny_processor.encode_images(images)
+    all_at_once = tiny_processor.image_scorer.encode_images(images)
     assert all_at_once.shape == (len(images), tiny_processor.clip_embed_dim)
     assert all_at_once.dtype == torch.float32 and all_at_once.device.type == "cpu"
     assert torch.isfinite(all_at_once).all()
     torch.testing.assert_close(all_at_once.norm(dim=-1), torch.ones(len(images)), atol=1e-5, rtol=0)
-    one_by_one = torch.cat([tiny_processor.encode_images(image) for image in images])
+    one_by_one = torch.cat([tiny_processor.image_scorer.encode_images(image) for image in images])
     torch.testing.assert_close(all_at_once, one_by_one, atol=1e-5, rtol=0)
-    torch.testing.assert_close(tiny_processor.encode_images(images, batch_size=2), all_at_once, atol=1e-5, rtol=0)
+    in_pairs = tiny_processor.image_scorer.encode_images(images, batch_size=2)
+    torch.testing.assert_close(in_pairs, all_at_once, atol=1e-5, rtol=0)
     # An ordinary tensor: usable as the input of a trainable layer.
     assert not all_at_once.is_inference()
     torch.nn.Linear(all_at_once.shape[1], 2)(all_at_once).sum().backward()
@@ -217,11 +218,11 @@ def test_encode_images_normalised_and_batch_independent(tiny_processor, tmp_path
 
 def test_encode_images_uses_eval_mode_and_restores_it(tiny_processor, tmp_path):
     images = _image_set(tmp_path)[:3]
-    expected = tiny_processor.encode_images(images)
-    tower = tiny_processor.clip_vision
+    expected = tiny_processor.image_scorer.encode_images(images)
+    tower = tiny_processor.image_scorer.vision
     tower.train()
     try:
-        torch.testing.assert_close(tiny_processor.encode_images(images), expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(tiny_processor.image_scorer.encode_images(images), expected, atol=1e-6, rtol=0)
         assert tower.training
     finally:
         tower.eval()
@@ -230,7 +231,7 @@ def test_encode_images_uses_eval_mode_and_restores_it(tiny_processor, tmp_path):
 def test_processor_without_weights_refuses_to_encode(bert_tokenizer, tiny_clip_config, tmp_path):
     processor = PromptMNERProcessor(bert_tokenizer, clip_config=tiny_clip_config)
     with pytest.raises(ValueError, match="no weights"):
-        processor.encode_images(np.zeros((4, 4, 3), dtype=np.uint8))
+        processor.image_scorer.encode_images(np.zeros((4, 4, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="no weights"):
         processor.save_pretrained(tmp_path / "weightless")
     assert not (tmp_path / "weightless").exists()
@@ -244,12 +245,13 @@ def test_processor_without_weights_refuses_to_encode(bert_tokenizer, tiny_clip_c
 def test_call_with_images_and_missing_images(tiny_processor, tmp_path):
     images = _image_set(tmp_path)
     batch = tiny_processor(["a tweet", "no image here", "another one"], images=[images[0], None, images[2]])
-    expected = tiny_processor.encode_images([images[0], images[2]])
+    expected = tiny_processor.image_scorer.encode_images([images[0], images[2]])
     assert batch["has_image"].tolist() == [True, False, True]
     torch.testing.assert_close(batch["image_embeds"][[0, 2]], expected, atol=1e-6, rtol=0)
     assert torch.equal(batch["image_embeds"][1], torch.zeros(tiny_processor.clip_embed_dim))
     single = tiny_processor("one tweet", images=images[1])
-    torch.testing.assert_close(single["image_embeds"], tiny_processor.encode_images(images[1]), atol=1e-6, rtol=0)
+    expected_single = tiny_processor.image_scorer.encode_images(images[1])
+    torch.testing.assert_close(single["image_embeds"], expected_single, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="2 images for 3 text examples"):
         tiny_processor(["a", "b", "c"], images=[images[0], None])
     text_only = tiny_processor(["a", "b"])
@@ -506,15 +508,16 @@ def test_from_clip_registered_model_with_checkpoint(bert_tokenizer, registered_t
 
     name, checkpoint = registered_tiny_clip
     processor = PromptMNERProcessor.from_clip(bert_tokenizer, clip_model_name=name, clip_pretrained=str(checkpoint))
-    assert processor.clip_model_name == name and processor.clip_config == open_clip.get_model_config(name)
-    assert processor.image_size == 64 and processor.image_interpolation == "bicubic"
-    assert processor.clip_logit_scale == pytest.approx(float(tiny_clip.logit_scale.detach().exp()))
+    scorer = processor.image_scorer
+    assert scorer.clip_model_name == name and scorer.clip_config == open_clip.get_model_config(name)
+    assert scorer.image_size == 64 and scorer.image_interpolation == "bicubic"
+    assert scorer.clip_logit_scale == pytest.approx(float(tiny_clip.logit_scale.detach().exp()))
     images = _image_set(tmp_path)
     preprocess = open_clip.image_transform(64, is_train=False)
     pixels = torch.stack([preprocess(load_image(image)) for image in images])
     with torch.no_grad():
         expected = torch.nn.functional.normalize(tiny_clip.encode_image(pixels), dim=-1)
-    torch.testing.assert_close(processor.encode_images(images), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(processor.image_scorer.encode_images(images), expected, atol=1e-5, rtol=0)
     with torch.no_grad():
         tokens = open_clip.get_tokenizer(name)(processor.build_prompts())
         expected_prompts = torch.nn.functional.normalize(tiny_clip.encode_text(tokens), dim=-1)
@@ -525,10 +528,10 @@ def test_from_clip_registered_model_with_checkpoint(bert_tokenizer, registered_t
 def test_cuda_encoding_and_batch_to_device(bert_tokenizer, tiny_clip_config, tmp_path):
     processor = PromptMNERProcessor.from_clip(bert_tokenizer, clip_config=tiny_clip_config, clip_pretrained=None)
     images = _image_set(tmp_path)
-    on_cpu, prompts_on_cpu = processor.encode_images(images), processor.encode_prompts()
+    on_cpu, prompts_on_cpu = processor.image_scorer.encode_images(images), processor.encode_prompts()
     assert processor.to("cuda") is processor
-    assert processor.clip_vision.conv1.weight.device.type == "cuda"
-    on_gpu = processor.encode_images(images)
+    assert processor.image_scorer.vision.conv1.weight.device.type == "cuda"
+    on_gpu = processor.image_scorer.encode_images(images)
     assert on_gpu.device.type == "cpu" and on_gpu.dtype == torch.float32
     torch.testing.assert_close(on_gpu, on_cpu, atol=1e-4, rtol=0)
     torch.testing.assert_close(processor.encode_prompts(), prompts_on_cpu, atol=1e-4, rtol=0)
@@ -624,7 +627,7 @@ def test_encode_prompts(tiny_processor, tiny_clip):
     # Same as running the CLIP text tower by hand on the templated prompts.
     import open_clip
 
-    model = tiny_processor._clip_model
+    model = tiny_processor.image_scorer.clip_model
     with torch.no_grad():
         tokens = open_clip.SimpleTokenizer(context_length=77)(["an image of player"])
         by_hand = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
@@ -647,17 +650,19 @@ def test_save_and_load_roundtrip(tiny_processor, tmp_path):
     assert config["processor_class"] == "PromptMNERProcessor"
 
     loaded = PromptMNERProcessor.from_pretrained(folder)
-    for name in ("prompt_vocabulary", "prompt_template", "labels", "max_span_length", "clip_config", "image_size",
-                 "image_mean", "image_std", "clip_logit_scale"):
+    for name in ("prompt_vocabulary", "prompt_template", "labels", "max_span_length"):
         assert getattr(loaded, name) == getattr(tiny_processor, name), name
+    assert loaded.image_scorer.settings() == tiny_processor.image_scorer.settings()
     texts = ["RT @NBA: LeBron James in Oakland!!!", "weird \u200b word 😂"]
     original, reloaded = tiny_processor(texts), loaded(texts)
     assert set(original) == set(reloaded)
     for key in original:
         assert torch.equal(original[key], reloaded[key]), key
     images = _image_set(tmp_path)
-    torch.testing.assert_close(loaded.encode_images(images), tiny_processor.encode_images(images), atol=1e-6, rtol=0)
-    assert not any(t.requires_grad for t in loaded.clip_vision.parameters()) and not loaded.clip_vision.training
+    expected = tiny_processor.image_scorer.encode_images(images)
+    torch.testing.assert_close(loaded.image_scorer.encode_images(images), expected, atol=1e-6, rtol=0)
+    vision = loaded.image_scorer.vision
+    assert not any(t.requires_grad for t in vision.parameters()) and not vision.training
     with pytest.raises(ValueError, match="text tower"):
         loaded.encode_prompts()
 
@@ -694,7 +699,7 @@ def test_remote_code_and_offline_hub_cache(tiny_processor, tmp_path):
     image_file = tmp_path / "image.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 70, 3), dtype=np.uint8)).save(image_file)
     expected_file = tmp_path / "expected.npy"
-    np.save(expected_file, tiny_processor.encode_images([image_file]).numpy())
+    np.save(expected_file, tiny_processor.image_scorer.encode_images([image_file]).numpy())
     output = run_python(
         f"""
         import json
@@ -704,7 +709,7 @@ def test_remote_code_and_offline_hub_cache(tiny_processor, tmp_path):
         results = {{}}
         for source in ({str(folder)!r}, {repo_id!r}):
             processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
-            embeds = processor.encode_images([{str(image_file)!r}])
+            embeds = processor.image_scorer.encode_images([{str(image_file)!r}])
             expected = torch.from_numpy(np.load({str(expected_file)!r}))
             batch = processor("Obama visits Berlin")
             results[source] = {{

@@ -16,11 +16,12 @@ from PIL import Image
 from transformers import BertModel
 
 import explain_prompts
+from mner_runtime import load_model_and_processor
 import prompt_vocabularies as pv
 import prompt_vocabulary_kb
 import tiny_models
 from processes import run
-from mner_training import model_from_backbone
+from mner_backbone import model_from_backbone
 from modeling_promptmner import PromptMNERForSpanNER
 from processing_promptmner import PromptMNERProcessor
 
@@ -246,7 +247,7 @@ def test_discrete_kind_round_trip(
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "processor_config.json").read_text())
     assert saved["prompt_vocabulary"] == vocabulary and saved["prompt_template"] == TEMPLATE
-    loaded, loaded_processor = explain_prompts.load(str(tmp_path))
+    loaded, loaded_processor = load_model_and_processor(str(tmp_path))
     assert isinstance(loaded_processor, PromptMNERProcessor) and isinstance(loaded, PromptMNERForSpanNER)
     assert loaded_processor.prompt_vocabulary == vocabulary and loaded_processor.prompt_template == TEMPLATE
     torch.testing.assert_close(loaded.promptmner.visual_clues.prompt_embeds, prompt_embeds, atol=0, rtol=0)
@@ -270,8 +271,8 @@ def test_discrete_kind_round_trip(
 def test_top_prompts_rank_by_cosine_similarity(tiny_processor, image_file):
     vocabulary = tiny_processor.prompt_vocabulary
     prompt_embeds = tiny_processor.encode_prompts()
-    image_embeds = tiny_processor.encode_images([str(image_file), Image.new("RGB", (64, 64), "red")])
-    scale = tiny_processor.clip_logit_scale
+    image_embeds = tiny_processor.image_scorer.encode_images([str(image_file), Image.new("RGB", (64, 64), "red")])
+    scale = tiny_processor.image_scorer.clip_logit_scale
     ranked = pv.top_prompts(image_embeds, prompt_embeds, vocabulary, scale, k=len(vocabulary))
     cosine = F.normalize(image_embeds, dim=-1) @ F.normalize(prompt_embeds, dim=-1).T
     for row, cos in zip(ranked, cosine):
@@ -416,7 +417,7 @@ def test_cli_explains_with_the_models_standardised_images_and_temperature(
     clues = model.promptmner.visual_clues
     rng = np.random.default_rng(1)
     training = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(6)]
-    clues.set_image_statistics(processor.encode_images(training))
+    clues.set_image_statistics(processor.image_scorer.encode_images(training))
     if learnable:
         with torch.no_grad():
             clues.prompt_log_logit_scale.fill_(1.5)
@@ -425,8 +426,8 @@ def test_cli_explains_with_the_models_standardised_images_and_temperature(
 
     assert explain_prompts.main(["--model", str(tmp_path), "--image", str(image_file), "--top", "6", "--json"]) == 0
     entries = json.loads(capsys.readouterr().out)[str(image_file)]
-    loaded, loaded_processor = explain_prompts.load(str(tmp_path))
-    image_embeds = loaded_processor.encode_images([str(image_file)])
+    loaded, loaded_processor = load_model_and_processor(str(tmp_path))
+    image_embeds = loaded_processor.image_scorer.encode_images([str(image_file)])
     with torch.no_grad():
         expected = loaded.promptmner.visual_clues.prompt_probabilities(image_embeds)[0]
     assert [entry["index"] for entry in entries] == expected.argsort(descending=True).tolist()

@@ -1,6 +1,7 @@
-"""run_mner.py end to end (real files, real subprocesses, real `accelerate launch`) and the training library
-mner_training.py it runs on."""
+"""run_mner.py end to end (real files, real subprocesses, real `accelerate launch`) and the training modules it runs
+on (arguments, input checks, embedding cache, optimizer, checkpoints, model card)."""
 
+import inspect
 import json
 import os
 import re
@@ -15,8 +16,13 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
+import mner_arguments
+import mner_checkpoints
 import mner_data
 import mner_demo
+import mner_embedding_cache
+import mner_model_card
+import mner_run_inputs
 import mner_training
 from processes import REPO_ROOT, launch_run_mner, run, run_python
 from tiny_models import tiny_roberta
@@ -144,11 +150,28 @@ ARGUMENT_CASES = [
 @pytest.mark.parametrize("case, arguments, error, fragment", ARGUMENT_CASES, ids=[c[0] for c in ARGUMENT_CASES])
 def test_bad_arguments_are_named(case, arguments, error, fragment):
     with pytest.raises(error, match=fragment):
-        mner_training.RunArguments(**{"train_file": "a.txt", "validation_file": "b.txt", **arguments})
+        mner_arguments.RunArguments(**{"train_file": "a.txt", "validation_file": "b.txt", **arguments})
+
+
+def test_every_setting_is_declared_once_with_its_help():
+    """The command line is derived from the dataclass fields: one option per field of RunArguments, each with its
+    help and default; choices where there are any; RunArguments has no field the command line lacks."""
+    import dataclasses
+
+    parser = mner_arguments.argument_parser()
+    actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    fields = {item.name for item in dataclasses.fields(mner_arguments.RunArguments) if item.init}
+    assert set(actions) == fields
+    assert all(actions[name].help for name in fields), [name for name in fields if not actions[name].help]
+    assert "cosine" in actions["lr_scheduler_type"].choices and "twitter2017" in actions["dataset"].choices
+    args = mner_arguments.parse_args(["--train_file", "a.txt", "--validation_file", "b.txt", "--no_mas",
+                                      "--learning_rate", "3e-4", "--checkpointing_steps", "epoch"])  # fmt: skip
+    assert args.no_mas and args.learning_rate == 3e-4 and args.checkpointing_steps == "epoch"
+    assert args.prompt_words and args.num_prompts == 100  # defaults, and the resolved vocabulary
 
 
 def test_no_arguments_means_the_demo():
-    args = mner_training.RunArguments(**mner_demo.DEMO_ARGUMENTS)
+    args = mner_arguments.RunArguments(**mner_demo.DEMO_ARGUMENTS)
     assert args.demo and args.output_dir == "outputs/demo"
     assert args.overwrite_output_dir  # `accelerate launch run_mner.py` twice replaces the first demo run
 
@@ -164,13 +187,13 @@ class Workspace:
         for name in ("train.txt", "valid.txt"):
             (root / name).write_text(tweet)
 
-    def args(self, **changes) -> mner_training.RunArguments:
+    def args(self, **changes) -> mner_arguments.RunArguments:
         fields = dict(
             train_file=str(self.root / "train.txt"), validation_file=str(self.root / "valid.txt"),
             image_dir=str(self.root / "images"), model_name_or_path=str(self.backbone),
             clip_config=str(self.clip_config), num_prompts=4, max_length=64, output_dir=str(self.root / "out"),
         )  # fmt: skip
-        return mner_training.RunArguments(**{**fields, **changes})
+        return mner_arguments.RunArguments(**{**fields, **changes})
 
     def file(self, name: str, content: str | bytes) -> str:
         path = self.root / name
@@ -187,18 +210,18 @@ class Workspace:
     def checkpoint(self, args=None, progress="{}", signature=None, weights: bytes | None = None) -> str:
         """A checkpoint folder of `args`' run (its output folder) with the given records."""
         args = args or self.args()
-        folder = Path(args.output_dir) / mner_training.TRAINING_STATE_DIR / "checkpoints" / "step_2"
+        folder = Path(args.output_dir) / mner_checkpoints.TRAINING_STATE_DIR / "checkpoints" / "step_2"
         folder.mkdir(parents=True)
-        record = json.dumps(mner_training.new_progress()) if progress == "{}" else progress
+        record = json.dumps(mner_checkpoints.new_progress()) if progress == "{}" else progress
         (folder / "progress.json").write_text(record)
-        signature = mner_training.run_signature(args) if signature is None else signature
+        signature = mner_checkpoints.run_signature(args) if signature is None else signature
         if signature is not False:
             (folder / "run_arguments.json").write_text(json.dumps(signature))
         if weights is not None:
             (folder / "model.safetensors").write_bytes(weights)
         return str(folder)
 
-    def resume(self, folder: str, **changes) -> mner_training.RunArguments:
+    def resume(self, folder: str, **changes) -> mner_arguments.RunArguments:
         return self.args(resume_from_checkpoint=folder, **changes)
 
 
@@ -261,18 +284,18 @@ def workspace(tmp_path, tiny_backbone, clip_config_file) -> Workspace:
 @pytest.mark.parametrize("case, build, error, fragment", INPUT_CASES, ids=[c[0] for c in INPUT_CASES])
 def test_bad_inputs_are_named_before_any_data_work(case, build, error, fragment, workspace):
     with pytest.raises(error, match=fragment):
-        mner_training.check_run_inputs(build(workspace))
+        mner_run_inputs.check_run_inputs(build(workspace))
 
 
 def test_good_inputs_pass_the_checks(workspace):
-    mner_training.check_run_inputs(workspace.args())  # fresh run, absent output folder
+    mner_run_inputs.check_run_inputs(workspace.args())  # fresh run, absent output folder
     checkpoint = workspace.checkpoint()  # of a run with the workspace's arguments, in its output folder
-    mner_training.check_run_inputs(workspace.args(resume_from_checkpoint="latest"))
+    mner_run_inputs.check_run_inputs(workspace.args(resume_from_checkpoint="latest"))
     elsewhere = str(workspace.root / "elsewhere")  # settings a resumed run may change
-    mner_training.check_run_inputs(workspace.resume(checkpoint, output_dir=elsewhere, per_device_eval_batch_size=7))
+    mner_run_inputs.check_run_inputs(workspace.resume(checkpoint, output_dir=elsewhere, per_device_eval_batch_size=7))
     (workspace.root / "full").mkdir()
     (workspace.root / "full" / "model.safetensors").write_bytes(b"")
-    mner_training.check_run_inputs(workspace.args(output_dir=str(workspace.root / "full"), overwrite_output_dir=True))
+    mner_run_inputs.check_run_inputs(workspace.args(output_dir=str(workspace.root / "full"), overwrite_output_dir=True))
 
 
 @pytest.mark.slow
@@ -308,7 +331,7 @@ def test_first_optimizer_step_is_adamw_with_the_groups_rates_and_decay():
                               intermediate_size=24, max_position_embeddings=40, num_prompts=3, clip_embed_dim=8,
                               span_hidden_size=8, labels=["O", "PER"])  # fmt: skip
     model = PromptMNERForSpanNER(config)
-    hyper = mner_training.RunArguments(
+    hyper = mner_arguments.RunArguments(
         train_file="a.txt", validation_file="b.txt", learning_rate=1e-4, head_learning_rate=1e-2
     )
     optimizer = mner_training.create_optimizer(model, hyper.learning_rate, hyper.weight_decay, hyper.head_learning_rate)
@@ -338,8 +361,8 @@ def test_image_embeddings_are_cached_across_runs(twitter_slice, tiny_processor, 
         train_file=folder / "train.txt", validation_file=folder / "valid.txt", image_dir=twitter_slice["image_dir"]
     )
     cache_dir = tmp_path / "cache"
-    first, first_counter = mner_training.add_image_embeddings(raw, tiny_processor, cache_dir, batch_size=8)
-    second, second_counter = mner_training.add_image_embeddings(raw, tiny_processor, cache_dir, batch_size=8)
+    first, first_counter = mner_embedding_cache.add_image_embeddings(raw, tiny_processor, cache_dir, batch_size=8)
+    second, second_counter = mner_embedding_cache.add_image_embeddings(raw, tiny_processor, cache_dir, batch_size=8)
     assert first_counter["encoder_calls"] > 0
     assert second_counter["encoder_calls"] == 0  # the second run never runs CLIP
     for split in raw:
@@ -349,9 +372,9 @@ def test_image_embeddings_are_cached_across_runs(twitter_slice, tiny_processor, 
             assert (row["image_error"] is None) == row["has_image"]
     # each example's own image, never another's
     row = next(r for r in first["train"] if r["has_image"])
-    expected = tiny_processor.encode_images([row["image_path"]])[0]
+    expected = tiny_processor.image_scorer.encode_images([row["image_path"]])[0]
     torch.testing.assert_close(torch.tensor(row["image_embeds"]), expected, atol=1e-5, rtol=0)
-    report = mner_training.image_report(first)
+    report = mner_embedding_cache.image_report(first)
     assert report["train"]["text_only"] == sum(i in twitter_slice["missing"] for i in raw["train"]["image_id"])
 
 
@@ -375,11 +398,11 @@ def test_cached_embeddings_never_bring_back_old_text(twitter_slice, tiny_process
     without_person_tags(folder / "valid.txt", edited)
     image_dir = tmp_path / "images"
     shutil.copytree(twitter_slice["image_dir"], image_dir)
-    first, _ = mner_training.add_image_embeddings(
+    first, _ = mner_embedding_cache.add_image_embeddings(
         mner_data.load_mner_dataset(validation_file=folder / "valid.txt", image_dir=image_dir), tiny_processor,
         tmp_path / "cache", batch_size=8,
     )  # fmt: skip
-    second, counter = mner_training.add_image_embeddings(
+    second, counter = mner_embedding_cache.add_image_embeddings(
         mner_data.load_mner_dataset(validation_file=edited, image_dir=image_dir), tiny_processor, tmp_path / "cache",
         batch_size=8,
     )  # fmt: skip
@@ -390,13 +413,13 @@ def test_cached_embeddings_never_bring_back_old_text(twitter_slice, tiny_process
     # a changed image (same file name) is encoded again
     changed = next(row for row in first["validation"] if row["has_image"])
     Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(changed["image_path"])
-    third, counter = mner_training.add_image_embeddings(
+    third, counter = mner_embedding_cache.add_image_embeddings(
         mner_data.load_mner_dataset(validation_file=edited, image_dir=image_dir), tiny_processor, tmp_path / "cache",
         batch_size=8,
     )  # fmt: skip
     assert counter["encoder_calls"] > 0
     index = first["validation"]["id"].index(changed["id"])
-    expected = tiny_processor.encode_images([changed["image_path"]])[0]
+    expected = tiny_processor.image_scorer.encode_images([changed["image_path"]])[0]
     torch.testing.assert_close(torch.tensor(third["validation"][index]["image_embeds"]), expected, atol=1e-5, rtol=0)
 
 
@@ -437,7 +460,7 @@ def test_train_evaluate_save_and_reload_in_a_fresh_process(twitter_slice, tiny_b
     code = {"modeling_promptmner.py", "configuration_promptmner.py", "processing_promptmner.py", "span_utils.py"}
     assert code | {"pipeline_promptmner.py", "prompt_vocabularies.py"} <= files
     assert "multimodal-ner" in json.loads((output / "config.json").read_text())["custom_pipelines"]
-    assert {"handler.py", "requirements.txt"} <= files and (output / "space" / "app.py").is_file()  # serving (issue 13)
+    assert {"handler.py", "requirements.txt"} <= files and (output / "space" / "app.py").is_file()  # serving
     card = ModelCard.load(output / "README.md")
     assert card.data.pipeline_tag == "token-classification"
     f1 = [r for r in card.data.eval_results if r.dataset_split == "test" and r.metric_type == "f1"]
@@ -492,9 +515,9 @@ def reference_run(twitter_slice, tiny_backbone, clip_config_file, tmp_path_facto
 
 def launch_until_killed(args: list[str], cwd: Path, point: str) -> None:
     """`accelerate launch run_mner.py ...` whose training process SIGKILLs itself at the kill point `point`."""
-    result = launch_run_mner(args, cwd, expect=None, **{mner_training.KILL_POINT_ENV: point})
+    result = launch_run_mner(args, cwd, expect=None, **{mner_checkpoints.KILL_POINT_ENV: point})
     assert result.returncode != 0, result.stdout[-3000:]
-    assert f"{mner_training.KILL_POINT_ENV}={point}: SIGKILL" in result.stderr, result.stderr[-4000:]
+    assert f"{mner_checkpoints.KILL_POINT_ENV}={point}: SIGKILL" in result.stderr, result.stderr[-4000:]
     assert "SIGKILL" in result.stderr.split(f"={point}: SIGKILL", 1)[1], result.stderr[-2000:]  # the launcher saw it
 
 
@@ -509,7 +532,7 @@ def test_killed_run_resumes_exactly_at_every_kill_point(
     the uninterrupted run's."""
     resumed = tmp_path / "resumed"
     args = run_args(twitter_slice, tiny_backbone, clip_config_file, resumed, *RESUME_SETTINGS)
-    state = resumed / mner_training.TRAINING_STATE_DIR
+    state = resumed / mner_checkpoints.TRAINING_STATE_DIR
     launch_until_killed(args, tmp_path, "after_step:3")
     assert sorted(p.name for p in (state / "checkpoints").iterdir()) == ["step_2"]
     resume_latest = [*args, "--resume_from_checkpoint", "latest"]
@@ -551,7 +574,7 @@ def test_output_folder_of_another_run_is_refused_then_overwritten(
     the run is resumed from it."""
     output = tmp_path / "taken"
     shutil.copytree(reference_run, output)
-    checkpoints = output / mner_training.TRAINING_STATE_DIR / "checkpoints"
+    checkpoints = output / mner_checkpoints.TRAINING_STATE_DIR / "checkpoints"
     shutil.copytree(checkpoints / "step_8", checkpoints / "step_99")  # a later step than this run will reach
     before = {p: p.stat().st_mtime_ns for p in output.rglob("*")}
     args = run_args(twitter_slice, tiny_backbone, clip_config_file, output, *RESUME_SETTINGS, "--seed", "5")
@@ -658,6 +681,29 @@ def test_no_argument_default_runs_offline_to_completion(demo_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_forward_docstring_example_runs_on_the_demo_model(demo_run, tmp_path):
+    """The runnable example of `PromptMNERForSpanNER.forward`, run by doctest where the README's first command ran
+    (it reads `outputs/demo`), on a machine without this package: its printed entities are the model's."""
+    from modeling_promptmner import PromptMNERForSpanNER
+
+    output, _ = demo_run
+    lines = inspect.getdoc(PromptMNERForSpanNER.forward).splitlines()
+    example = "\n".join(line for line in lines if not line.startswith("```"))  # the markdown fences
+    result = run_python(
+        f"""
+        import doctest
+        test = doctest.DocTestParser().get_doctest({example!r}, {{}}, "PromptMNERForSpanNER.forward", None, 0)
+        outcome = doctest.DocTestRunner().run(test)
+        print(outcome.attempted, outcome.failed)
+        """,
+        cwd=output.parent.parent,
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
+    )
+    attempted, failed = map(int, result.strip().splitlines()[-1].split())
+    assert attempted >= 5 and failed == 0, result
+
+
+@pytest.mark.slow
 def test_trains_on_a_datasets_dataset_with_image_column(tiny_backbone, clip_config_file, tmp_path):
     """A `datasets` dataset with integer `ner_tags` (ClassLabel) and an `Image` column, saved with save_to_disk."""
     import datasets
@@ -698,7 +744,7 @@ def test_trains_on_a_datasets_dataset_with_image_column(tiny_backbone, clip_conf
 
 
 @pytest.mark.slow
-def test_clue_path_options_of_issue_15_train_and_are_saved(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
+def test_clue_path_options_train_and_are_saved(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
     """--standardize_image_embeds, --prompt_init kmeans, --prompt_temperature, --learnable_temperature and
     --prompt_learning_rate reach the model: the saved model standardises with the training images' statistics
     (not the neutral 0 / 1), its temperature started at 10 and moved, and its prompts started as unit centroids."""
@@ -720,7 +766,7 @@ def test_clue_path_options_of_issue_15_train_and_are_saved(twitter_slice, tiny_b
 
 @pytest.mark.slow
 def test_whitening_and_clue_scale_reach_the_saved_model(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
-    """--whiten_image_embeds and --clue_scale (issue 15's recommended flags): the saved model whitens with the
+    """--whiten_image_embeds and --clue_scale (the recommended clue-path flags): the saved model whitens with the
     training images' covariance (not the identity it starts from) and multiplies its clues by 8."""
     output = tmp_path / "run"
     options = ["--whiten_image_embeds", "--clue_scale", "8", "--prompt_init", "kmeans", "--prompt_temperature", "10"]
@@ -738,6 +784,6 @@ def test_whitening_and_clue_scale_reach_the_saved_model(twitter_slice, tiny_back
     card = (output / "README.md").read_text()
     note = "Visual clue path: whitened image embeddings, k-means prompts, prompt temperature 10, clue scale 8"
     assert note in card
-    assert "Visual clue path" not in mner_training.model_card(
-        mner_training.RunArguments(train_file="a.txt", validation_file="b.txt"), {"results": {}}, ["O", "PER"]
+    assert "Visual clue path" not in mner_model_card.model_card(
+        mner_arguments.RunArguments(train_file="a.txt", validation_file="b.txt"), {"results": {}}, ["O", "PER"]
     ).text  # the paper's clue path: no note

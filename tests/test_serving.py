@@ -30,34 +30,20 @@ from huggingface_hub import InferenceClient, metadata_load
 from packaging.requirements import Requirement
 from PIL import Image
 
+import mner_model_card
 import mner_serving
 import promptmner_space
 from processes import PROJECT_MODULES, child_env, run_python, start, stop, wait_for_server
-from mner_training import RunArguments, model_card, model_from_backbone
-from pipeline_promptmner import MultimodalNERPipeline, save_pipeline
-from tiny_models import tiny_roberta, tiny_span_model
+from mner_arguments import RunArguments
+from mner_backbone import model_from_backbone
+from mner_model_card import model_card
+from pipeline_promptmner import MultimodalNERPipeline
+from tiny_models import tiny_roberta
 
 TEXT = "Kevin Durant arrives in Oklahoma City"
 OTHER_TEXT = "Barack Obama meets Angela Merkel in Berlin"
 SPACE_ID = "org/promptmner-tiny-space"
 MODEL_ID = "org/promptmner-tiny"
-
-
-@pytest.fixture(scope="module")
-def model(tiny_roberta_processor):
-    return tiny_span_model(tiny_roberta_processor)
-
-
-@pytest.fixture(scope="module")
-def pipe(model, tiny_roberta_processor):
-    return MultimodalNERPipeline(model=model, processor=tiny_roberta_processor, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def saved_folder(model, tiny_roberta_processor, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    save_pipeline(model, tiny_roberta_processor, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +336,7 @@ def test_app_explains_discrete_prompts_by_their_words(tiny_roberta_processor, im
     explainer = promptmner_space.PromptExplainer(ner, top=3)
     entries = explainer(Image.open(images["png"]))
     clues = model.promptmner.visual_clues
-    image_embeds = processor.encode_images([str(images["png"])])
+    image_embeds = processor.image_scorer.encode_images([str(images["png"])])
     probabilities = (float(clues.logit_scale) * torch.nn.functional.normalize(image_embeds, dim=-1)
                      @ torch.nn.functional.normalize(clues.prompt_embeds, dim=-1).T).softmax(-1)[0]  # fmt: skip
     top = probabilities.topk(3)
@@ -371,25 +357,25 @@ def test_app_explains_with_the_models_own_clue_options(tiny_roberta_processor, i
     clues = model.promptmner.visual_clues
     rng = np.random.default_rng(0)
     training_images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
-    clues.set_image_statistics(processor.encode_images(training_images))
+    clues.set_image_statistics(processor.image_scorer.encode_images(training_images))
     with torch.no_grad():
         clues.prompt_log_logit_scale.fill_(1.5)
     ner = MultimodalNERPipeline(model=model, processor=processor, device="cpu")
     entries = promptmner_space.PromptExplainer(ner, top=5)(Image.open(images["png"]))
     with torch.no_grad():
-        expected = clues.prompt_probabilities(processor.encode_images([str(images["png"])]))[0]
+        expected = clues.prompt_probabilities(processor.image_scorer.encode_images([str(images["png"])]))[0]
     assert [e["index"] for e in entries] == expected.argsort(descending=True).tolist()
     assert np.allclose([e["probability"] for e in entries], expected.sort(descending=True).values, atol=1e-6)
 
 
 def test_model_card_serving_section_says_what_works():
-    section = mner_serving.serving_section(MODEL_ID, SPACE_ID)
+    section = mner_model_card.serving_section(MODEL_ID, SPACE_ID)
     assert "does not run this model" in section and "trust_remote_code" in section
     assert f'pipeline("multimodal-ner", model="{MODEL_ID}", trust_remote_code=True)' in section
     assert f"https://huggingface.co/spaces/{SPACE_ID}" in section
     body = re.search(r"-d '(\{.*\})'", section).group(1)
     assert json.loads(body)["inputs"]["text"] == TEXT  # the curl example's body is valid JSON
-    assert "--hub_space_id" in mner_serving.serving_section(MODEL_ID)
+    assert "--hub_space_id" in mner_model_card.serving_section(MODEL_ID)
 
 
 def test_model_card_keeps_its_metadata_and_gains_the_serving_section(tmp_path):
@@ -402,11 +388,11 @@ def test_model_card_keeps_its_metadata_and_gains_the_serving_section(tmp_path):
     card.save(tmp_path / "README.md")
     meta = metadata_load(tmp_path / "README.md")
     assert meta["pipeline_tag"] == "token-classification" and "promptmner" in meta["tags"]
-    widget_texts = [example["text"] for example in mner_serving.WIDGET_EXAMPLES]
+    widget_texts = [example["text"] for example in mner_model_card.WIDGET_EXAMPLES]
     assert [example["text"] for example in meta["widget"]] == widget_texts
     assert meta["model-index"][0]["results"]
     text = (tmp_path / "README.md").read_text()
-    assert mner_serving.serving_section(MODEL_ID, SPACE_ID).strip() in text
+    assert mner_model_card.serving_section(MODEL_ID, SPACE_ID).strip() in text
     with pytest.raises(ValueError, match="--hub_space_id needs --push_to_hub"):
         RunArguments(demo=True, output_dir=str(tmp_path), hub_space_id=SPACE_ID)
 
@@ -437,7 +423,7 @@ def expected_chart(model, processor, image: Path, model_folder: Path) -> list[tu
     vocab_embeds, _ = load_vocabulary_embeds(model_folder, processor.prompt_vocabulary, processor.prompt_template)
     clues = model.promptmner.visual_clues
     entries = explain(
-        processor.encode_images([str(image)]), clues.prompt_embeds, float(clues.logit_scale),
+        processor.image_scorer.encode_images([str(image)]), clues.prompt_embeds, float(clues.logit_scale),
         processor.prompt_vocabulary, continuous=True, vocab_embeds=vocab_embeds, k=10,
     )[0]  # fmt: skip
     return [(promptmner_space.prompt_name(entry), entry["probability"]) for entry in entries]
