@@ -37,14 +37,16 @@ def load_model_and_processor(model: str | os.PathLike, processor: str | os.PathL
     return loaded, PromptMNERProcessor.from_pretrained(processor or model, trust_remote_code=False)
 
 
-def load_pipeline(model: str | os.PathLike, device, trust_remote_code: bool = False):
+def load_pipeline(model: str | os.PathLike, device, trust_remote_code: bool = False, num_threads: int | None = None):
     """The `multimodal-ner` pipeline for `model` (folder or repo id) on `device`, in eval mode: with this package's
-    classes ([`load_model_and_processor`]) or, with `trust_remote_code=True`, the repository's code."""
+    classes ([`load_model_and_processor`]) or, with `trust_remote_code=True`, the repository's code. On the CPU it
+    uses `num_threads` torch threads, by default the cores other work leaves idle (`set_cpu_threads`)."""
     if trust_remote_code:
         from transformers import pipeline
 
-        return pipeline("multimodal-ner", model=str(model), device=device, trust_remote_code=True)
+        return pipeline("multimodal-ner", model=str(model), device=device, trust_remote_code=True,
+                        num_threads=num_threads)  # fmt: skip
     from pipeline_promptmner import MultimodalNERPipeline
 
     loaded, processor = load_model_and_processor(model)
-    return MultimodalNERPipeline(model=loaded, processor=processor, device=device)
+    return MultimodalNERPipeline(model=loaded, processor=processor, device=device, num_threads=num_threads)

@@ -28,11 +28,19 @@ since RoBERTa-style position ids start after the padding index and the visual cl
 take positions after the text. A longer text is cut into chunks of whole words that fit, consecutive chunks sharing
 `stride` words (default `2 * max_span_length`), each chunk is run through the processor and the model, and the
 span candidates of all chunks are merged (see [`merge_chunk_candidates`]).
+
+Cost linear in the text. What travels with each chunk is that chunk's tensors and a few numbers; the whole text and
+its word offsets travel once, with the first chunk (as one array: the library walks every list it is handed, so a list
+of offsets in every chunk made the time quadratic). The model's output for a chunk is reduced to its span candidates
+before the next chunk runs, and an example's image is encoded by CLIP once for all its chunks ([`ExampleImage`]).
 """
 
 from __future__ import annotations
 
 import os
+import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -61,6 +69,7 @@ logger = logging.get_logger(__name__)
 TASK = "multimodal-ner"
 INPUT_KEYS = ("text", "image")
 _METADATA_KEYS = ("image", "chunk", "is_last")
+IMAGE_CACHE_SIZE = 64  # examples whose CLIP embedding the pipeline keeps while their chunks go through the model
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -131,6 +140,76 @@ def merge_chunk_candidates(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# CPU threads
+# ----------------------------------------------------------------------------------------------------------------
+
+_TORCH_THREADS_AT_IMPORT = torch.get_num_threads()
+_threads_chosen = [None]  # the last count set_cpu_threads chose itself (it may choose again; a user's choice stays)
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """`(idle, total)` CPU time of the whole machine so far, in clock ticks (Linux), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [int(value) for value in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields[:8])  # idle + iowait; up to steal
+
+
+def idle_cpu_cores(seconds: float = 0.2) -> float | None:
+    """How many of this process's cores the rest of the machine left idle over the next `seconds` (None where the
+    system does not say)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    before = _cpu_ticks()
+    time.sleep(seconds)
+    after = _cpu_ticks()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return cores * (after[0] - before[0]) / (after[1] - before[1])
+
+
+def default_num_threads(processes: int = 1) -> int:
+    """Torch threads for one of `processes` processes of a job on this machine: its share of the cores, and no more
+    than the cores that other work leaves idle (at least one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // max(1, processes))
+    idle = idle_cpu_cores()
+    return share if idle is None else max(1, min(share, round(idle / max(1, processes))))
+
+
+def set_cpu_threads(num_threads: int | None = None, processes: int = 1) -> int:
+    """Set torch's intra-op threads: `num_threads` if given, else [`default_num_threads`] unless someone already
+    decided (`OMP_NUM_THREADS` set, or `torch.set_num_threads` called since this module was imported). Returns the
+    number in use."""
+    if num_threads is not None:
+        if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+            raise ValueError(f"num_threads must be an integer >= 1, got {num_threads!r}")
+        torch.set_num_threads(num_threads)
+    elif "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() in (_TORCH_THREADS_AT_IMPORT, *_threads_chosen):
+        _threads_chosen[0] = default_num_threads(processes)
+        torch.set_num_threads(_threads_chosen[0])
+    return torch.get_num_threads()
+
+
+class ChunkCandidates:
+    """A chunk's span candidates `(start, end, label, score)`, handed on as one object: the pipeline machinery walks
+    lists and tuples item by item every time it moves or batches its data."""
+
+    def __init__(self, spans: list[tuple[int, int, str, float]]):
+        self.spans = spans
+
+
+class ExampleImage:
+    """An example's decoded image, shared by the example's chunks, with a key under which its CLIP embedding is
+    cached while they go through the model (the key survives the copies DataLoader workers hand over)."""
+
+    def __init__(self, image: Image.Image):
+        self.image = image
+        self.key = uuid.uuid4().hex
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -161,6 +240,10 @@ class MultimodalNERPipeline(ChunkPipeline):
         ignore_labels (`list[str]`, *optional*): entity types to leave out of the output.
         aggregation_strategy: accepted for compatibility with `token-classification` callers; entities are always
             whole word spans, so any value gives the same output.
+        num_threads (`int`, *optional*, construction only): torch threads on the CPU. By default the pipeline takes
+            the cores that other work leaves idle when it is built ([`default_num_threads`]), unless
+            `OMP_NUM_THREADS` is set or `torch.set_num_threads` was called after this module was imported: on a busy
+            machine, as many threads as cores would fight the other work for them and run several times slower.
         batch_size, num_workers, device: as in every transformers pipeline (chunks are what is batched, padded by
             the library's default collate: word indices with 0, which the `word_mask` input marks as padding).
     """
@@ -171,7 +254,7 @@ class MultimodalNERPipeline(ChunkPipeline):
     _load_feature_extractor = False
     _load_video_processor = False
 
-    def __init__(self, model, processor=None, **kwargs):
+    def __init__(self, model, processor=None, num_threads: int | None = None, **kwargs):
         if processor is None:
             processor = self._processor_for(model)
         _check_processor(processor)
@@ -179,6 +262,8 @@ class MultimodalNERPipeline(ChunkPipeline):
         self._check_processor_matches_model()
         if self.model.training:
             logger.warning("The model is in training mode (dropout is active): call model.eval() for inference")
+        if self.device.type == "cpu":
+            set_cpu_threads(num_threads)
 
     @staticmethod
     def _processor_for(model) -> PromptMNERProcessor:
@@ -295,7 +380,8 @@ class MultimodalNERPipeline(ChunkPipeline):
         """Tokens per word, as the processor encodes pre-split words (a word without tokens becomes one unknown)."""
         if not words:
             return []
-        encoding = self.processor.tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+        # verbose=False: the whole text is longer than the model's window, which is why it is counted here.
+        encoding = self.processor.tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
         counts = [0] * len(words)
         for word_id in encoding.word_ids():
             if word_id is not None:
@@ -308,11 +394,19 @@ class MultimodalNERPipeline(ChunkPipeline):
         image = self._load_image(image)
         split = split_words(text)
         words = [word for word, _, _ in split]
-        offsets = [(start, end) for _, start, end in split]
+        offsets = np.array([(start, end) for _, start, end in split], dtype=np.int64).reshape(-1, 2)  # (N, 2)
         window = self.window(image is not None)
         if max_length is not None:
             window = min(window, max_length)
         budget = window - self.processor.tokenizer.num_special_tokens_to_add()
+        example_image = ExampleImage(image) if image is not None else None  # shared by the example's chunks
+        if len(text.encode("utf-8")) + len(words) <= budget:  # no tokenizer makes more tokens: one chunk, no counting
+            encoding = self.processor(words, is_split_into_words=True, max_length=window, truncation=True)
+            if len(encoding.words[0]) == len(words):
+                chunk = {"start": 0, "num_words": len(words), "cut_left": False, "cut_right": False, "text": text,
+                         "offsets": offsets}  # fmt: skip
+                yield {**encoding, "image": example_image, "chunk": chunk, "is_last": True}
+                return
         counts = self._token_counts(words)
         stride = 2 * self.processor.max_span_length if stride is None else stride
         ranges = chunk_word_ranges(counts, budget, stride)
@@ -324,28 +418,41 @@ class MultimodalNERPipeline(ChunkPipeline):
                 for word, count in zip(words[start:end], counts[start:end])
             ]
             encoding = self.processor(chunk_words, is_split_into_words=True, max_length=window, truncation=True)
-            chunk = {
-                "text": text,
-                "offsets": offsets,
-                "start": start,
-                "num_words": len(encoding.words[0]),
-                "cut_left": start > 0,
-                "cut_right": end < len(words),
-            }
-            yield {**encoding, "image": image, "chunk": chunk, "is_last": index == len(ranges) - 1}
+            chunk = {"start": start, "num_words": len(encoding.words[0]), "cut_left": start > 0,
+                     "cut_right": end < len(words)}  # fmt: skip
+            if index == 0:  # the whole text once per example, not once per chunk
+                chunk.update(text=text, offsets=offsets)
+            yield {**encoding, "image": example_image, "chunk": chunk, "is_last": index == len(ranges) - 1}
 
     # -- forward -------------------------------------------------------------------------------------------------
 
-    def _image_inputs(self, images: list[Image.Image | None]) -> dict[str, torch.Tensor]:
-        """CLIP embeddings of the batch's images, each distinct image encoded once; `{}` when there is none."""
+    def _image_inputs(self, images: list[ExampleImage | None]) -> dict[str, torch.Tensor]:
+        """CLIP embeddings of the batch's images, each example's image encoded once for all its chunks (the distinct
+        images of the batch in one CLIP call); `{}` when there is none."""
         if all(image is None for image in images):
             return {}
         scorer = self.processor.image_scorer
         if next(scorer.vision.parameters()).device != self.device:
             scorer.to(self.device)  # CLIP runs where the model runs (moved on first use only)
-        encode = lambda distinct: scorer.encode_images(distinct, batch_size=len(distinct))  # noqa: E731
-        embeds, has_image = embed_present(images, encode, scorer.embed_dim)  # (B, D) float32 on CPU, (B,)
+        cache = self._image_cache()
+        by_key = {image.key: image for image in images if image is not None}  # copies from DataLoader workers too
+        missing = [image for key, image in by_key.items() if key not in cache]
+        if missing:
+            encoded = scorer.encode_images([image.image for image in missing], batch_size=len(missing))  # (M, D)
+            for image, row in zip(missing, encoded):
+                cache[image.key] = row
+                if len(cache) > IMAGE_CACHE_SIZE:
+                    cache.popitem(last=False)
+        keys = [image.key if image is not None else None for image in images]
+        encode = lambda distinct: torch.stack([cache[key] for key in distinct])  # noqa: E731
+        embeds, has_image = embed_present(keys, encode, scorer.embed_dim)  # (B, D) float32 on CPU, (B,)
         return {"image_embeds": embeds.to(self.device, self.model.dtype), "has_image": has_image.to(self.device)}
+
+    def _image_cache(self) -> OrderedDict:
+        """The CLIP embeddings of the latest examples' images, by `ExampleImage.key` (oldest first)."""
+        if not hasattr(self, "_recent_image_embeds"):
+            self._recent_image_embeds = OrderedDict()
+        return self._recent_image_embeds
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
         images, chunks, is_last = (model_inputs.pop(key) for key in _METADATA_KEYS)
@@ -356,9 +463,14 @@ class MultimodalNERPipeline(ChunkPipeline):
                 f"got padding_side={self.tokenizer.padding_side!r}: set processor.tokenizer.padding_side = 'right' "
                 "or use batch_size=1"
             )
-        tensors = {**model_inputs, **self._image_inputs(images if batched else [images])}
+        chunk_list, image_list = (chunks, images) if batched else ([chunks], [images])
+        tensors = {**model_inputs, **self._image_inputs(image_list)}
         logits = self.model(**tensors).logits  # (B, W, L, C)
-        return {"logits": logits, "chunk": chunks, "is_last": is_last}
+        # Only the candidates leave the forward pass (every non-"O" argmax span; the threshold filters them later), so
+        # what waits for an example's last chunk does not grow with the logits of its chunks.
+        candidates = self.processor.span_candidates(logits, [chunk["num_words"] for chunk in chunk_list])
+        candidates = [ChunkCandidates(spans) for spans in candidates]
+        return {"candidates": candidates if batched else candidates[0], "chunk": chunks, "is_last": is_last}
 
     # -- postprocess ---------------------------------------------------------------------------------------------
 
@@ -368,11 +480,12 @@ class MultimodalNERPipeline(ChunkPipeline):
         for output in all_outputs:
             chunk = output["chunk"]
             last_word = chunk["num_words"] - 1
-            candidates = self.processor.span_candidates(output["logits"], [chunk["num_words"]], threshold)[0]
-            for start, end, label, score in candidates:
+            for start, end, label, score in output["candidates"].spans:
+                if score < threshold:
+                    continue
                 at_edge = (chunk["cut_left"] and start == 0) or (chunk["cut_right"] and end == last_word)
                 pooled.append((chunk["start"] + start, chunk["start"] + end, label, score, at_edge))
-        text, offsets = all_outputs[0]["chunk"]["text"], all_outputs[0]["chunk"]["offsets"]
+        text, offsets = all_outputs[0]["chunk"]["text"], all_outputs[0]["chunk"]["offsets"].tolist()
         return entity_dicts(merge_chunk_candidates(pooled), text, offsets, ignore_labels=ignore_labels or ())
 
     # -- saving --------------------------------------------------------------------------------------------------

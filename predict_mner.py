@@ -38,6 +38,7 @@ The library behind this command is `mner_prediction`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_size", type=int, default=16, help="lines per block, and chunks per model forward pass")
     add("--num_workers", type=int, default=1, help="DataLoader workers per process for parsing and images (0: none)")
     add("--device", default=None, help="'cpu', 'cuda:1', ... for one process (default: Accelerate's device)")
+    add("--num_threads", type=int, default=None,
+        help="torch threads per process on the CPU (default: the process's share of the cores that other work leaves "
+        "idle; OMP_NUM_THREADS, which accelerate launch sets, wins)")
     add("--image_dir", type=Path, default=None, help="folder of relative image paths")
     add("--stride", type=int, default=None, help="words shared by chunks of long texts")
     add("--threshold", type=float, default=None, help="minimum probability of an entity")
@@ -75,15 +79,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, mner_
         mner_prediction.check_job(job)
     except ValueError as err:
         parser.error(str(err))
+    if args.num_threads is not None and args.num_threads < 1:
+        parser.error(f"--num_threads must be >= 1, got {args.num_threads}")
     return args, job
 
 
 def main(argv: list[str] | None = None) -> int:
     args, job = parse_args(argv)
+    # The command's parallelism is torch's threads and the DataLoader workers; the tokenizer's own thread pool would
+    # compete with them for the same cores (and warns once the workers fork).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     state = mner_runtime.process_state(args.device)
     if args.device is not None and state.num_processes > 1:
         raise SystemExit(f"--device {args.device} names one device; under `accelerate launch` leave it out")
-    pipe = mner_runtime.load_pipeline(args.model, args.device or state.device, args.trust_remote_code)
+    pipe = mner_runtime.load_pipeline(args.model, args.device or state.device, args.trust_remote_code, args.num_threads)
     counts = mner_prediction.predict_file(pipe, job, state)
     if state.is_main_process:
         rate = counts["predicted"] / counts["seconds"] if counts["seconds"] else 0.0

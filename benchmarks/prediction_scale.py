@@ -1,16 +1,18 @@
 """Prediction at scale on CPU: lines/s of the batch prediction command on 1 vs 2 processes, and its peak memory
 against the input's size (not a test).
 
-    python benchmarks/prediction_scale.py [--lines 512 --batch_size 16 --repeats 2 \
+    python benchmarks/prediction_scale.py [--lines 256 --batch_size 16 --repeats 2 \
         --memory_lines 10000,100000 --no_write]
 
-Throughput: the real pretrained all-MiniLM-L6-v2 text backbone converted to PromptMNER with 100 continuous prompts
-(the paper's best setting), random span head, and the demo's small random open_clip ViT; `--lines` tweet-like lines,
-every third one with its own random 320x240 JPEG read from disk. The same file is predicted by one plain process
-(`python -m predict_mner`, what `promptmner-predict` runs), with torch's default threads and with one thread, and by
-`accelerate launch --multi_gpu --num_processes 2 -m predict_mner` (gloo; torchrun gives each process one thread), in
-interleaved rounds; the best round's lines/s of the prediction loop is reported (model loading excluded, as the
-command prints it), with the wall time of the whole command, and whether the two outputs are identical.
+Threads and processes: two models, the demo's (all-MiniLM-L6-v2 with 16 continuous prompts) and the paper's setting
+(MiniLM-L6 with 100 continuous prompts), both with the demo's small random open_clip ViT and random span heads;
+`--lines` tweet-like lines, every third one with its own random 320x240 JPEG read from disk. Each model is measured
+on the quiet machine and under a competing job (a process that keeps one core busy, started by this script), with
+the default commands (`promptmner-predict`, and `accelerate launch --multi_gpu --num_processes 2 -m predict_mner`)
+and with the settings one would try by hand (`--num_threads 1` / `2`, `--num_workers 0` / `2`, two processes with
+`--num_cpu_threads_per_process 2`), in interleaved rounds; the best round's lines/s of the prediction loop is
+reported (model loading excluded, as the command prints it), and each default against the best setting by hand for
+the same number of processes. Whether all outputs are identical is checked too.
 
 Memory: a tiny random model (2 layers of width 32 on the MiniLM tokenizer, tiny CLIP) over generated inputs of
 `--memory_lines` lines (one in ten with an image of a shared set), one process with one DataLoader worker: the
@@ -43,10 +45,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import transformers
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,9 +56,12 @@ from pipeline_promptmner import save_pipeline  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inputs import write_images  # noqa: E402
 from report import cpu_name, publish_section  # noqa: E402
 
 SECTION = "prediction-scale"
+MODELS = {"demo (16 prompts)": 16, "paper (100 prompts)": 100}
+LOADS = ("quiet", "competing job")
 BAD_LINES_SECTION = "prediction-bad-lines"
 TEXTS = [
     "RT @NBA: LeBron James scores 40 points as the Cavaliers beat the Warriors in Oakland #NBAFinals",
@@ -75,9 +78,11 @@ SUMMARY = re.compile(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lines", type=int, default=512, help="lines of the throughput input")
+    parser.add_argument("--lines", type=int, default=256, help="lines of the throughput input")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best one is reported")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
+    parser.add_argument("--loads", default=",".join(LOADS), help=f"comma-separated, of {list(LOADS)}")
     parser.add_argument("--memory_lines", default="10000,100000", help="comma-separated input sizes for memory")
     parser.add_argument("--memory_batch_size", type=int, default=64)
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -87,17 +92,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bad_every", type=int, default=10, help="one line in this many is bad (--bad_lines)")
     args = parser.parse_args()
     args.memory_sizes = [int(size) for size in args.memory_lines.split(",") if size]
+    args.model_names, args.load_names = args.models.split(","), args.loads.split(",")
+    if not set(args.model_names) <= set(MODELS) or not set(args.load_names) <= set(LOADS):
+        parser.error(f"--models are of {list(MODELS)}, --loads of {list(LOADS)}")
     return args
 
 
 # --- models and inputs --------------------------------------------------------------------------------------------
 
 
-def save_minilm_model(folder: Path) -> Path:
-    """MiniLM-L6 with 100 continuous prompts and the demo CLIP, saved as a pipeline folder."""
+def save_minilm_model(folder: Path, num_prompts: int) -> Path:
+    """MiniLM-L6 with `num_prompts` continuous prompts and the demo CLIP, saved as a pipeline folder."""
     torch.manual_seed(0)
     processor = PromptMNERProcessor.from_clip(demo_backbone(), clip_config=DEMO_CLIP_CONFIG, clip_pretrained=None)
-    model = model_from_backbone(demo_backbone(), processor=processor, prompts="continuous", num_prompts=100)
+    model = model_from_backbone(demo_backbone(), processor=processor, prompts="continuous", num_prompts=num_prompts)
     save_pipeline(model.eval(), processor, folder)
     return folder
 
@@ -114,14 +122,6 @@ def save_tiny_model(folder: Path) -> Path:
     model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=5)
     save_pipeline(model.eval(), processor, folder)
     return folder
-
-
-def write_images(folder: Path, count: int, size: tuple[int, int] = (320, 240)) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{index}.jpg", quality=90)
 
 
 def write_posts(path: Path, count: int, image_every: int, num_images: int) -> None:
@@ -195,9 +195,12 @@ def check_one_record_per_line(output: Path, count: int, bad: dict[int, int]) -> 
 
 
 def command(processes: int, model: Path, source: Path, target: Path, image_dir: Path, batch_size: int,
-            console_script: bool = False) -> list[str]:  # fmt: skip
+            console_script: bool = False, options: tuple[str, ...] = ()) -> list[str]:  # fmt: skip
     """The prediction command: `python -m predict_mner` (or, with `console_script`, the installed
-    `promptmner-predict`, which runs the same code) or `accelerate launch` of it with `processes` processes."""
+    `promptmner-predict`, which runs the same code) or `accelerate launch` of it with `processes` processes;
+    `options` go to the launcher when they are its own (`--num_cpu_threads_per_process`), else to the command."""
+    launcher_options = [option for option in options if option.startswith("--num_cpu_threads_per_process")]
+    command_options = [option for option in options if option not in launcher_options]
     if processes == 1:
         script = Path(sys.executable).with_name("promptmner-predict")
         if console_script and not script.is_file():
@@ -206,9 +209,9 @@ def command(processes: int, model: Path, source: Path, target: Path, image_dir: 
     else:
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                     str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "-m", "predict_mner"]  # fmt: skip
+                    *launcher_options, "-m", "predict_mner"]  # fmt: skip
     return launcher + ["--model", str(model), "--input", str(source), "--output", str(target), "--image_dir",
-                       str(image_dir), "--batch_size", str(batch_size), "--overwrite"]  # fmt: skip
+                       str(image_dir), "--batch_size", str(batch_size), "--overwrite", *command_options]  # fmt: skip
 
 
 def child_env(threads: int | None = None) -> dict:
@@ -286,24 +289,64 @@ def run_measured(arguments: list[str], cwd: Path, threads: int | None = None) ->
 # --- the two measurements -----------------------------------------------------------------------------------------
 
 
+# (name, processes, options): the default commands first, then what one would try by hand.
+THREAD_SETTINGS = [
+    ("default", 1, ()),
+    ("--num_threads 1", 1, ("--num_threads=1",)),
+    ("--num_threads 2", 1, ("--num_threads=2",)),
+    ("--num_threads 1 --num_workers 0", 1, ("--num_threads=1", "--num_workers=0")),
+    ("--num_threads 2 --num_workers 2", 1, ("--num_threads=2", "--num_workers=2")),
+    ("default", 2, ()),
+    ("--num_cpu_threads_per_process 2", 2, ("--num_cpu_threads_per_process=2",)),
+]
+
+
+class CompetingJob:
+    """A process that keeps one core busy (a pure Python loop) while the block runs: another user's job."""
+
+    def __enter__(self):
+        self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(2)  # let the scheduler see it
+        return self
+
+    def __exit__(self, *exc_info):
+        self.process.kill()
+        self.process.wait()
+
+
 def measure_throughput(args: argparse.Namespace, work: Path) -> dict:
-    """Best lines/s of 1 and 2 processes over interleaved rounds, and whether their outputs are identical."""
-    model = save_minilm_model(work / "minilm")
+    """Best lines/s of every (model, load, setting) over interleaved rounds, and whether all outputs agree."""
     write_images(work / "images", (args.lines + 2) // 3)
     source = work / "posts.jsonl"
     write_posts(source, args.lines, image_every=3, num_images=(args.lines + 2) // 3)
-    settings = {"1 process": (1, None), "1 process, 1 thread": (1, 1), "2 processes": (2, None)}
-    best = dict.fromkeys(settings)
-    for _ in range(args.repeats):
-        for name, (processes, threads) in settings.items():
-            target = work / f"out_{processes}_{threads}.jsonl"
-            arguments = command(processes, model, source, target, work / "images", args.batch_size)
-            result = run_measured(arguments, work, threads)
-            if best[name] is None or result["lines_per_s"] > best[name]["lines_per_s"]:
-                best[name] = result
-            print(f"{name}: {result['lines_per_s']:.1f} lines/s", file=sys.stderr)
-    outputs = {path.read_bytes() for path in work.glob("out_*.jsonl")}
-    return {"runs": best, "identical": len(outputs) == 1}
+    results, outputs = {}, {}
+    for model_name in args.model_names:
+        num_prompts = MODELS[model_name]
+        model = save_minilm_model(work / f"minilm_{num_prompts}", num_prompts)
+        for load in args.load_names:
+            with CompetingJob() if load == "competing job" else _quiet():
+                for _ in range(args.repeats):
+                    for name, processes, options in THREAD_SETTINGS:
+                        target = work / f"out_{num_prompts}_{processes}_{len(outputs)}.jsonl"
+                        arguments = command(processes, model, source, target, work / "images", args.batch_size,
+                                            console_script=processes == 1, options=options)  # fmt: skip
+                        result = run_measured(arguments, work, threads=None)
+                        key = (model_name, load, processes, name)
+                        if key not in results or result["lines_per_s"] > results[key]["lines_per_s"]:
+                            results[key] = result
+                        outputs.setdefault(num_prompts, set()).add(target.read_bytes())
+                        print(f"{key}: {result['lines_per_s']:.1f} lines/s", file=sys.stderr)
+    return {"runs": results, "identical": all(len(found) == 1 for found in outputs.values())}
+
+
+class _quiet:
+    """No competing job."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        pass
 
 
 def measure_memory(args: argparse.Namespace, work: Path) -> list[dict]:
@@ -326,7 +369,7 @@ def measure_memory(args: argparse.Namespace, work: Path) -> list[dict]:
 def measure_bad_lines(args: argparse.Namespace, work: Path) -> dict:
     """One process (one thread) and 2 gloo processes over `--bad_lines` lines with bad ones: each output checked by
     [`check_one_record_per_line`]."""
-    model = save_minilm_model(work / "minilm")
+    model = save_minilm_model(work / "minilm", num_prompts=100)
     images = work / "images"
     write_images(images, 100)
     source = work / "bad_posts.jsonl"
@@ -386,41 +429,57 @@ def bad_lines_markdown(args: argparse.Namespace, result: dict, took: float) -> s
     )
 
 
+def threads_rows(args: argparse.Namespace, throughput: dict) -> tuple[list[str], list[str]]:
+    """The table's rows and, per (model, load, processes), the default against the best setting by hand."""
+    runs, rows, verdicts = throughput["runs"], [], []
+    for model_name in args.model_names:
+        for load in args.load_names:
+            for processes in (1, 2):
+                group = {name: runs[(model_name, load, processes, name)]
+                         for name, count, _ in THREAD_SETTINGS if count == processes}  # fmt: skip
+                best_name = max(group, key=lambda name: group[name]["lines_per_s"])
+                for name, result in group.items():
+                    mark = " (best)" if name == best_name else ""
+                    rows.append(f"| {model_name} | {load} | {processes} | {name}{mark} | {result['lines_per_s']:.1f} |")
+                ratio = group["default"]["lines_per_s"] / group[best_name]["lines_per_s"]
+                verdicts.append(f"{model_name}, {load}, {processes} process{'es' if processes > 1 else ''}: default / "
+                                f"best by hand = **{ratio:.2f}** ({best_name})")  # fmt: skip
+    return rows, verdicts
+
+
 def markdown(args: argparse.Namespace, throughput: dict, memory: list[dict], took: float) -> str:
-    one, one_thread, two = (throughput["runs"][name] for name in ("1 process", "1 process, 1 thread", "2 processes"))
     memory_rows = [
         f"| {row['size']:,} | {row['input_mb']:.1f} MB | {row['output_mb']:.1f} MB | {row['lines_per_s']:.0f} | "
         f"{row['max_rss_mb']:.0f} MB | {row['tree_peak_mb']:.0f} MB |"
         for row in memory
     ]
+    rows, verdicts = threads_rows(args, throughput)
     return "\n".join(
         [
             "## Prediction at scale (CPU)",
             "",
             f"`python benchmarks/prediction_scale.py --lines {args.lines} --batch_size {args.batch_size} --repeats "
-            f"{args.repeats} --memory_lines {args.memory_lines}` (took {took:.0f} s). {cpu_name()} "
+            f"{args.repeats} --models '{args.models}' --loads '{args.loads}' --memory_lines {args.memory_lines}` "
+            f"(took {took / 60:.0f} min). {cpu_name()} "
             f"({os.cpu_count()} logical CPUs), torch {torch.__version__}, transformers {transformers.__version__}; "
-            f"load average {args.load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run.",
+            f"load average {args.load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run (the competing "
+            "job is this script's own).",
             "",
-            f"**1 vs 2 processes.** {args.lines} tweet-like lines, every third with its own random 320x240 JPEG; "
-            "MiniLM-L6 backbone with 100 continuous prompts and the demo's small random CLIP ViT; "
-            f"`--batch_size {args.batch_size}`, one DataLoader worker per process; best of {args.repeats} "
-            "interleaved rounds. Lines/s of the prediction loop as the command prints it (model loading excluded); "
-            "the wall time is the whole command's.",
+            f"**Threads and processes.** {args.lines} tweet-like lines, every third with its own random 320x240 JPEG; "
+            "MiniLM-L6 with 16 (the demo's) or 100 (the paper's) continuous prompts and the demo's small random CLIP "
+            f"ViT; `--batch_size {args.batch_size}`. 'default': `promptmner-predict` as it comes (one process), and "
+            "`accelerate launch --multi_gpu --num_processes 2 -m predict_mner` (two gloo processes, which accelerate "
+            "gives one thread each); the other rows are settings tried by hand. 'competing job': another process "
+            f"keeps one core busy. Best of {args.repeats} interleaved rounds; lines/s of the prediction loop as the "
+            "command prints it (model loading excluded).",
             "",
-            "| command | lines/s | wall time |",
-            "|---|---:|---:|",
-            f"| `python -m predict_mner` (1 process, torch's default {torch.get_num_threads()} threads) | "
-            f"{one['lines_per_s']:.1f} | {one['wall_s']:.1f} s |",
-            f"| `OMP_NUM_THREADS=1 python -m predict_mner` (1 process, 1 thread) | {one_thread['lines_per_s']:.1f} | "
-            f"{one_thread['wall_s']:.1f} s |",
-            f"| `accelerate launch --multi_gpu --num_processes 2 -m predict_mner` (gloo, 1 thread each) | "
-            f"{two['lines_per_s']:.1f} | {two['wall_s']:.1f} s |",
+            "| model | load | processes | setting | lines/s |",
+            "|---|---|---:|---|---:|",
+            *rows,
             "",
-            f"Ratio 2 / 1 process: **{two['lines_per_s'] / one['lines_per_s']:.2f}x** lines/s "
-            f"({two['lines_per_s'] / one_thread['lines_per_s']:.2f}x against one process on one thread). The three "
-            f"output files are {'' if throughput['identical'] else 'NOT '}identical byte for byte "
-            "(the tests compare one and two processes with one thread each).",
+            *[f"- {verdict}" for verdict in verdicts],
+            "",
+            f"All outputs of a model are {'' if throughput['identical'] else 'NOT '}identical byte for byte.",
             "",
             f"**Memory against input size.** Tiny random model, one process with one DataLoader worker, "
             f"`--batch_size {args.memory_batch_size}`, one line in ten with a small image. Peak RSS of the largest "

@@ -49,7 +49,7 @@ from mner_embedding_cache import add_image_embeddings  # noqa: E402
 from mner_training import create_optimizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline_throughput import write_images  # noqa: E402
+from inputs import write_images  # noqa: E402
 from report import cpu_name, pyplot, replace_section, save_figure  # noqa: E402
 
 SECTION = "speed"

@@ -110,3 +110,43 @@ def test_visual_clues_script_reports_probe_model_text_only_and_shuffled(tmp_path
     second = run_script("visual_clues.py", *args)
     assert "seed 0 ..." in first and "seed 0 ..." not in second
     assert section(output.read_text(), "visual-clues") == body
+
+
+def test_long_texts_script_reports_time_per_word_and_memory(tmp_path):
+    """Two lengths on the small model, text only and with an image: a row each, in fresh processes, and the summary
+    quotes the table's own time per word."""
+    output = tmp_path / "BENCHMARKS.md"
+    run_script("long_texts.py", "--words", "150,600", "--models", "window 64", "--repeats", "1", "--output",
+               str(output))  # fmt: skip
+    body = section(output.read_text(), "long-texts")
+    rows = re.findall(r"^\| window 64 \| (text only|with image) \| ([0-9,]+) \| ([0-9.]+) \| ([0-9.]+) \| (\d+) MB \|",
+                      body, re.M)  # fmt: skip
+    assert [(kind, words) for kind, words, *_ in rows] == [("text only", "150"), ("text only", "600"),
+                                                           ("with image", "150"), ("with image", "600")]  # fmt: skip
+    for kind, words, seconds, per_thousand, peak in rows:
+        rounding = 1000 * 0.005 / int(words) + 0.001  # the table rounds seconds to 0.01 and the rate to 0.001
+        assert float(per_thousand) == pytest.approx(1000 * float(seconds) / int(words), abs=rounding)
+        assert int(peak) > 100  # a real process with torch and a model
+    per_word = {kind: [float(per) for k, _, _, per, _ in rows if k == kind] for kind in ("text only", "with image")}
+    summary = re.search(r"window 64, text only: time per word from the shortest to the longest text x([0-9.]+)", body)
+    assert float(summary.group(1)) == pytest.approx(per_word["text only"][1] / per_word["text only"][0], abs=0.02)
+
+
+def test_peer_script_compares_with_token_classification_and_the_floor(tmp_path):
+    """A few tweets: rates for ours and the peer (text only), ours and the floor (images), one by one and batched;
+    the summary's ratios are the table's; each part of the work timed."""
+    output = tmp_path / "BENCHMARKS.md"
+    run_script("peer_token_classification.py", "--num_examples", "8", "--image_examples", "4", "--batch_size", "4",
+               "--num_prompts", "4", "--clip", "demo", "--repeats", "1", "--output", str(output))  # fmt: skip
+    body = section(output.read_text(), "peer")
+    rate = lambda label: [float(value) for value in  # noqa: E731
+                          re.search(rf"^\| {re.escape(label)} \| ([0-9.]+) \| ([0-9.]+) \|$", body, re.M).groups()]
+    ours, peer = rate("`multimodal-ner`, text only"), rate("`token-classification` (simple)")
+    with_images, floor = rate("`multimodal-ner`, with images"), rate("floor: CLIP tower + text-only model")
+    summary = re.search(r"ours / peer: ([0-9.]+)x one by one, ([0-9.]+)x batched.*ours / floor: (\d+)% one by one, "
+                        r"(\d+)% batched", body, re.S)  # fmt: skip
+    assert float(summary.group(1)) == pytest.approx(ours[0] / peer[0], abs=0.02)
+    assert float(summary.group(2)) == pytest.approx(ours[1] / peer[1], abs=0.02)
+    assert int(summary.group(3)) == pytest.approx(100 * with_images[0] / floor[0], abs=1.5)
+    for part in ("image decoding and preprocessing", "CLIP image tower", "encoder and span head", "post-processing"):
+        assert re.search(rf"^\| {part} \| [0-9.]+ \| [0-9.]+ \|$", body, re.M), part

@@ -617,6 +617,20 @@ def test_span_representation_uses_first_and_last_word():
     torch.testing.assert_close(reps[0, 1, 2], torch.cat([hidden[0, starts[1]], hidden[0, ends[3]]]))
 
 
+def test_inference_scores_spans_from_word_pairs_as_the_full_head_does():
+    """Outside training the span head's first layer runs once per word (`score_word_pairs`); its logits are those
+    of the head on the concatenated `[h_start ; h_end]` of every span, as training computes them."""
+    model = random_model(span_dropout=0.5).eval()
+    batch = collate([make_example(7, seed=3), make_example(2, seed=5)], images=[True, False])
+    with torch.no_grad():
+        logits = model(**batch).logits
+        text_length = batch["input_ids"].shape[1]
+        hidden = model.promptmner(batch["input_ids"], batch["attention_mask"], batch["image_embeds"],
+                                  batch["has_image"]).last_hidden_state[:, :text_length]  # fmt: skip
+        reps, _ = model.span_representations(hidden, batch["word_start_index"], batch["word_end_index"])
+        torch.testing.assert_close(logits, model.span_head(reps), atol=1e-6, rtol=1e-5)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     batch = collate([make_example(5, seed=2), make_example(3, seed=4)], images=[True, False])
     batch["labels"] = torch.randint(0, len(LABELS), (2, 5, 4))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 
 import numpy as np
@@ -263,6 +264,71 @@ def test_long_text_with_a_random_model_keeps_offsets(pipe, image_file):
         assert entities and all(text[e["start"] : e["end"]] == e["word"] for e in entities)
         words = [(e["start"], e["end"]) for e in entities]
         assert all(end <= next_start for (_, end), (next_start, _) in zip(words, words[1:]))  # no overlap
+
+
+def walked_objects(value) -> int:
+    """How many objects transformers' pipeline machinery walks in `value` on every move between devices and every
+    collate: dicts, lists and tuples item by item, anything else (a tensor, an array, a string) as one."""
+    if isinstance(value, dict):
+        return 1 + sum(walked_objects(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return 1 + sum(walked_objects(item) for item in value)
+    return 1
+
+
+def test_what_travels_with_a_chunk_does_not_grow_with_the_text(pipe, image_file):
+    """A chunk carries its own tensors and a few numbers; the text and its offsets travel once, as a string and an
+    array; the forward pass hands on span candidates, not logits. Ten times the words: the same per-chunk payload."""
+    sizes = {}
+    for repeats in (4, 40):
+        text = " ".join(TWEET_SENTENCES * repeats)
+        chunks = list(pipe.preprocess({"text": text, "image": str(image_file)}))
+        assert len(chunks) > 3 * repeats // 4  # many chunks: the fixture model's window is 64 positions
+        assert "text" in chunks[0]["chunk"] and all("text" not in chunk["chunk"] for chunk in chunks[1:])
+        outputs = [pipe.forward(chunk) for chunk in chunks]
+        assert all(set(output) == {"candidates", "chunk", "is_last"} for output in outputs)
+        sizes[repeats] = [max(map(walked_objects, items)) for items in (chunks, outputs)]
+    assert sizes[40][0] == sizes[4][0]  # the largest chunk input: the same whatever the text's length
+    assert sizes[40][1] <= sizes[4][1] + 4 * 50  # outputs: the candidates of one chunk (a handful of spans)
+
+
+def test_an_example_image_is_encoded_once_for_all_its_chunks(pipe, image_file):
+    """CLIP runs once per example, not once per chunk, one by one or batched (the result is unchanged: the long-text
+    tests above hold it)."""
+    scorer = pipe.processor.image_scorer
+    calls = []
+    encode = scorer.encode_images
+    scorer.encode_images = lambda images, **kwargs: calls.append(len(images)) or encode(images, **kwargs)
+    try:
+        text = " ".join(TWEET_SENTENCES * 3)
+        for batch_size in (1, 4):
+            calls.clear()
+            pipe([{"text": text, "image": str(image_file)}] * 2, batch_size=batch_size)
+            assert sum(calls) == 2, (batch_size, calls)  # two examples (the same file, decoded twice): two images
+    finally:
+        del scorer.encode_images
+
+
+def test_cpu_threads_follow_an_explicit_choice(model, tiny_roberta_processor):
+    """`num_threads` sets torch's threads; a choice made with `torch.set_num_threads` stays; the default is the
+    process's share of the cores, at least one."""
+    import pipeline_promptmner
+    from pipeline_promptmner import default_num_threads, set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        MultimodalNERPipeline(model=model, processor=tiny_roberta_processor, device="cpu", num_threads=1)
+        assert torch.get_num_threads() == 1
+        chosen = pipeline_promptmner._TORCH_THREADS_AT_IMPORT + 1  # unlike torch's own count, so it reads as chosen
+        torch.set_num_threads(chosen)
+        MultimodalNERPipeline(model=model, processor=tiny_roberta_processor, device="cpu")
+        assert torch.get_num_threads() == chosen  # the user's choice, not the default
+        assert 1 <= default_num_threads() <= len(os.sched_getaffinity(0))
+        assert default_num_threads(processes=64) == 1
+        with pytest.raises(ValueError, match="num_threads must be an integer >= 1"):
+            set_cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- saved with the model, loaded by repo id in a fresh process ---------------------------------------------------

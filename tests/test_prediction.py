@@ -541,22 +541,27 @@ def test_conll_file_scored_by_seqeval_gives_the_entity_scores(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_writes_its_section(tmp_path):
-    """`benchmarks/prediction_scale.py` on tiny settings: its section keeps the rest of the file, quotes the ratio
-    of the two rows of its table, and has one memory row per input size."""
+    """`benchmarks/prediction_scale.py` on tiny settings: its section keeps the rest of the file, has a row per
+    setting, says for each number of processes how the default compares with the best setting (the ratio of its
+    rows), and has one memory row per input size."""
     output = tmp_path / "BENCHMARKS.md"
     output.write_text("# Benchmarks\n\nkept text\n")
     arguments = [sys.executable, str(REPO_ROOT / "benchmarks" / "prediction_scale.py"), "--lines", "8",
-                 "--batch_size", "4", "--repeats", "1", "--memory_lines", "40,80", "--memory_batch_size", "8",
-                 "--output", str(output)]  # fmt: skip
+                 "--batch_size", "4", "--repeats", "1", "--models", "demo (16 prompts)", "--loads", "quiet",
+                 "--memory_lines", "40,80", "--memory_batch_size", "8", "--output", str(output)]  # fmt: skip
     run(arguments, tmp_path, env=child_env(hide_extras=False))  # the benchmarks' extras (figures) are installed
     text = output.read_text()
     assert text.startswith("# Benchmarks\n\nkept text\n")
     body = text.split("<!-- prediction-scale:start -->")[1].split("<!-- prediction-scale:end -->")[0]
-    rows = re.findall(r"^\| `[^`]*-m predict_mner` \(([^)]*)\) \| ([0-9.]+) \|", body, re.M)
-    assert [label.split(",")[0] for label, _ in rows] == ["1 process", "1 process", "gloo"]
-    one, two = float(rows[0][1]), float(rows[2][1])
-    ratio = float(re.search(r"Ratio 2 / 1 process: \*\*([0-9.]+)x\*\*", body).group(1))
-    assert ratio == pytest.approx(two / one, abs=0.006)
+    rows = re.findall(r"^\| demo \(16 prompts\) \| quiet \| (\d) \| ([^|]+?) \| ([0-9.]+) \|$", body, re.M)
+    assert [(processes, setting.removesuffix(" (best)")) for processes, setting, _ in rows][:2] == [
+        ("1", "default"), ("1", "--num_threads 1")
+    ] and len(rows) == 7
+    for processes in ("1", "2"):
+        rates = {setting: float(rate) for count, setting, rate in rows if count == processes}
+        default = next(rate for setting, rate in rates.items() if setting.startswith("default"))
+        ratio = re.search(rf"quiet, {processes} process(es)?: default / best by hand = \*\*([0-9.]+)\*\*", body)
+        assert float(ratio.group(2)) == pytest.approx(default / max(rates.values()), abs=0.006)
     assert re.search(r"are (NOT )?identical byte for byte", body)  # equality itself: the tests above, 1 thread each
     sizes = re.findall(r"^\| (\d+) \| [0-9.]+ MB \| [0-9.]+ MB \| \d+ \| (\d+) MB \| (\d+) MB \|$", body, re.M)
     assert [int(size) for size, _, _ in sizes] == [40, 80] and all(int(rss) > 50 for _, rss, _ in sizes)

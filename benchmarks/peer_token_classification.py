@@ -1,0 +1,210 @@
+"""The `multimodal-ner` pipeline against its peer and its floor, side by side in one run on the CPU (not a test).
+
+    python benchmarks/peer_token_classification.py [--num_examples 512 --image_examples 64 --batch_size 16]
+
+- **Text only, against the peer**: transformers' `token-classification` pipeline (`aggregation_strategy="simple"`)
+  on the same backbone, all-MiniLM-L6-v2 (its weights in both; random heads), over the same Twitter-2015 test tweets,
+  one by one (`ner(text)` in a loop) and batched (`batch_size=N`).
+- **With images, against the floor**: the multimodal pipeline with one 320x240 JPEG per tweet, against the least any
+  implementation must do for it: the CLIP image tower alone on the same images (decoding and preprocessing included)
+  plus the text-only model on the same texts, one by one and batched alike. `--num_prompts` visual clue tokens make
+  the multimodal encoder's sequences longer than the text-only floor's.
+- **Where the time goes** (one by one and batched, with images): image decoding and preprocessing, the CLIP tower, the
+  text side (tokenization, encoder, span head), post-processing, each timed on its own over the same examples.
+
+Every setting runs `--repeats` interleaved rounds and reports the best (which filters out other load); torch threads
+are set once for all (`--threads`, default 1). Prints markdown and writes it into BENCHMARKS.md between
+`<!-- peer:start -->` and `<!-- peer:end -->`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inputs import tweets, write_images  # noqa: E402
+from mner_backbone import model_from_backbone  # noqa: E402
+from mner_demo import DEMO_CLIP_CONFIG, demo_backbone  # noqa: E402
+from pipeline_promptmner import MultimodalNERPipeline  # noqa: E402
+from processing_promptmner import PromptMNERProcessor  # noqa: E402
+from report import cpu_name, publish_section  # noqa: E402
+
+SECTION = "peer"
+BIO_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-OTHER", "I-OTHER"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num_examples", type=int, default=512, help="tweets for the text-only comparison")
+    parser.add_argument("--image_examples", type=int, default=64, help="tweets with an image for the floor comparison")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--num_prompts", type=int, default=100, help="continuous prompts (paper: 100)")
+    parser.add_argument("--clip", choices=["RN50", "demo"], default="RN50",
+                        help="random open_clip RN50 (the paper's CLIP, its real cost) or the demo's small ViT")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per setting; the best is reported")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for everything")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--no_write", action="store_true", help="print the report only")
+    return parser.parse_args(argv)
+
+
+def build(args: argparse.Namespace):
+    """`(multimodal-ner pipeline, token-classification pipeline)` on the same MiniLM weights, with random heads."""
+    backbone = demo_backbone()
+    torch.manual_seed(0)
+    if args.clip == "demo":
+        processor = PromptMNERProcessor.from_clip(backbone, clip_config=DEMO_CLIP_CONFIG, clip_pretrained=None)
+    else:
+        processor = PromptMNERProcessor.from_clip(backbone, clip_model_name="RN50", clip_pretrained=None)
+    model = model_from_backbone(backbone, processor=processor, prompts="continuous", num_prompts=args.num_prompts)
+    ner = MultimodalNERPipeline(model=model.eval(), processor=processor, device="cpu", num_threads=args.threads)
+    peer_model = transformers.AutoModelForTokenClassification.from_pretrained(
+        backbone, num_labels=len(BIO_LABELS), id2label=dict(enumerate(BIO_LABELS))
+    ).eval()
+    peer = transformers.pipeline("token-classification", model=peer_model, tokenizer=processor.tokenizer,
+                                 aggregation_strategy="simple", device="cpu")  # fmt: skip
+    return ner, peer
+
+
+def best_rates(runs: dict, repeats: int) -> dict:
+    """Best examples/s of each `(run, count)` over `repeats` rounds that interleave the runs."""
+    rates = dict.fromkeys(runs, 0.0)
+    for _ in range(repeats):
+        for key, (run, count) in runs.items():
+            start = time.perf_counter()
+            run()
+            rates[key] = max(rates[key], count / (time.perf_counter() - start))
+    return rates
+
+
+def batches(items: list, size: int) -> list[list]:
+    return [items[begin : begin + size] for begin in range(0, len(items), size)]
+
+
+def floor_run(ner, texts: list[str], images: list[str], size: int):
+    """The floor of the multimodal pipeline: CLIP alone on the images, then the text-only model on the texts."""
+    scorer = ner.processor.image_scorer
+
+    def run():
+        for group in batches(images, size):
+            scorer.encode_images(group, batch_size=len(group))
+        if size == 1:
+            [ner(text) for text in texts]
+        else:
+            ner(texts, batch_size=size)
+
+    return run
+
+
+def parts(ner, texts: list[str], images: list[str], size: int) -> dict:
+    """Seconds of each part of the multimodal pipeline's work on the examples, timed on its own."""
+    scorer, processor = ner.processor.image_scorer, ner.processor
+    timings = {}
+    start = time.perf_counter()
+    decoded = [scorer.load_image(path) for path in images]
+    pixels = [scorer.pixel_values(group) for group in batches(decoded, size)]
+    timings["image decoding and preprocessing"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.inference_mode():
+        embeds = torch.cat([scorer.vision(group) for group in pixels])
+    timings["CLIP image tower"] = time.perf_counter() - start
+    start = time.perf_counter()
+    encoded = [processor(group, image_embeds=list(embeds[i : i + len(group)]), return_tensors="pt")
+               for i, group in zip(range(0, len(texts), size), batches(texts, size))]  # fmt: skip
+    timings["tokenization (processor)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.inference_mode():
+        outputs = [ner.model(**inputs) for inputs in encoded]
+    timings["encoder and span head"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for inputs, output in zip(encoded, outputs):
+        processor.post_process(output, inputs)
+    timings["post-processing"] = time.perf_counter() - start
+    return timings
+
+
+def markdown(args, source, text_rates, image_rates, timings, loads, seconds) -> str:
+    size = args.batch_size
+    lines = [
+        "## Against the peer and the floor (CPU)",
+        "",
+        f"`python benchmarks/peer_token_classification.py --num_examples {args.num_examples} --image_examples "
+        f"{args.image_examples} --batch_size {size} --num_prompts {args.num_prompts} --clip {args.clip} --repeats "
+        f"{args.repeats} --threads {args.threads}` (took {seconds / 60:.0f} min). {source}; all-MiniLM-L6-v2 weights in "
+        f"both pipelines (random heads); {args.num_prompts} continuous prompts; random open_clip `{args.clip}` image "
+        f"tower; one random 320x240 JPEG per tweet, read from disk. Best of {args.repeats} interleaved rounds. "
+        f"{cpu_name()}, {args.threads} torch thread(s), torch {torch.__version__}, transformers "
+        f"{transformers.__version__}; load average {loads[0]:.1f} before and {loads[1]:.1f} after.",
+        "",
+        "| examples/s | one by one | batched (`batch_size={size}`) |".format(size=size),
+        "|---|---:|---:|",
+    ]
+    rows = [("`multimodal-ner`, text only", text_rates, "ours"), ("`token-classification` (simple)", text_rates, "peer"),
+            ("`multimodal-ner`, with images", image_rates, "ours"), ("floor: CLIP tower + text-only model",
+                                                                      image_rates, "floor")]  # fmt: skip
+    for label, rates, name in rows:
+        lines.append(f"| {label} | {rates[(name, 1)]:.1f} | {rates[(name, size)]:.1f} |")
+    lines += [
+        "",
+        f"**Text only, ours / peer: {text_rates[('ours', 1)] / text_rates[('peer', 1)]:.2f}x one by one, "
+        f"{text_rates[('ours', size)] / text_rates[('peer', size)]:.2f}x batched** (target >= 0.95x). "
+        f"**With images, ours / floor: {image_rates[('ours', 1)] / image_rates[('floor', 1)]:.0%} one by one, "
+        f"{image_rates[('ours', size)] / image_rates[('floor', size)]:.0%} batched** (target >= 90%). "
+        f"With images, batched / one by one: {image_rates[('ours', size)] / image_rates[('ours', 1)]:.2f}x.",
+        "",
+        f"Where the time goes with images ({args.image_examples} tweets; each part timed on its own):",
+        "",
+        "| part | one by one, s | batched, s |",
+        "|---|---:|---:|",
+    ]
+    for part in timings[1]:
+        lines.append(f"| {part} | {timings[1][part]:.2f} | {timings[size][part]:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    texts, source = tweets(args.num_examples)
+    ner, peer = build(args)
+    size = args.batch_size
+    text_runs = {
+        ("ours", 1): (lambda: [ner(text) for text in texts], len(texts)),
+        ("peer", 1): (lambda: [peer(text) for text in texts], len(texts)),
+        ("ours", size): (lambda: ner(texts, batch_size=size), len(texts)),
+        ("peer", size): (lambda: peer(texts, batch_size=size), len(texts)),
+    }
+    ner(texts[:size], batch_size=size), peer(texts[:size], batch_size=size)  # warm-up
+    text_rates = best_rates(text_runs, args.repeats)
+    with tempfile.TemporaryDirectory() as folder:
+        image_texts = texts[: args.image_examples]
+        images = write_images(Path(folder), len(image_texts))
+        examples = [{"text": text, "image": image} for text, image in zip(image_texts, images)]
+        ner(examples[:size], batch_size=size)  # warm-up
+        image_runs = {
+            ("ours", 1): (lambda: [ner(example) for example in examples], len(examples)),
+            ("floor", 1): (floor_run(ner, image_texts, images, 1), len(examples)),
+            ("ours", size): (lambda: ner(examples, batch_size=size), len(examples)),
+            ("floor", size): (floor_run(ner, image_texts, images, size), len(examples)),
+        }
+        image_rates = best_rates(image_runs, args.repeats)
+        timings = {batch: parts(ner, image_texts, images, batch) for batch in (1, size)}
+    loads = (load_before, os.getloadavg()[0])
+    report = markdown(args, source, text_rates, image_rates, timings, loads, time.perf_counter() - started)
+    publish_section(args.output, SECTION, report, write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
