@@ -85,6 +85,9 @@ class PromptMNERConfig(RobertaConfig):
     """
 
     model_type = "promptmner"
+    # Left out of the predictions `transformers.Trainer` gathers for `compute_metrics`: the span logits are the
+    # prediction (`prompt_probs` is absent from batches without an image, so batches would not line up).
+    keys_to_ignore_at_inference = ["span_mask", "prompt_probs", "hidden_states", "attentions"]
 
     def __init__(
         self,

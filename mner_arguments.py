@@ -43,7 +43,8 @@ class DataArguments:
     validation_file: str | None = setting(None, "CoNLL+IMGID development file (evaluated after every epoch)")
     test_file: str | None = setting(None, "CoNLL+IMGID test file (evaluated with the best-dev model)")
     hf_dataset: str | None = setting(
-        None, "a `datasets` dataset (Hub id, or a folder saved with save_to_disk) with tokens, ner_tags and image columns"
+        None, "a `datasets` dataset with tokens, ner_tags and image columns: a Hub id, a folder saved with save_to_disk, "
+        "or a folder that load_dataset reads (python -m mner_hub_dataset writes one)"
     )
     tokens_column: str = setting("tokens", "--hf_dataset's column of words")
     tags_column: str = setting("ner_tags", "--hf_dataset's column of BIO tags (ClassLabel ids or strings)")

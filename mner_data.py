@@ -372,11 +372,14 @@ def from_hf_dataset(
 def load_hf_dataset(
     name_or_path: str, tokens_column: str = "tokens", tags_column: str = "ner_tags", image_column: str = "image"
 ) -> datasets.DatasetDict:
-    """A `datasets` dataset from the Hub or from a ``save_to_disk`` folder, converted with :func:`from_hf_dataset`.
+    """A `datasets` dataset, converted with :func:`from_hf_dataset`: a Hub repository, a ``save_to_disk`` folder, or a
+    folder of data files that ``load_dataset`` reads (e.g. the Parquet shards and card of ``python -m
+    mner_hub_dataset``).
 
     It must have named splits (a ``DatasetDict``), else ``ValueError``.
     """
-    if Path(name_or_path).is_dir():
+    folder = Path(name_or_path)
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():  # written by save_to_disk
         dataset = datasets.load_from_disk(name_or_path)
     else:
         dataset = datasets.load_dataset(name_or_path)

@@ -45,30 +45,35 @@ def embedding_fingerprint(images: datasets.Dataset, processor) -> str:
     return digest.hexdigest()[:32]
 
 
+def load_row_image(path: str | None, stored=None):
+    """One example's image as an RGB `PIL.Image` and None, or None and why (no image, a missing or unreadable file or
+    stored image): such an example takes the text-only path, never another image.
+
+    `stored` is a `datasets.Image` value (decoded, or the `{"bytes", "path"}` of an undecoded one); else `path`."""
+    try:
+        if stored is None and path is None:
+            return None, "no image"
+        source = datasets.Image().decode_example(stored) if isinstance(stored, dict) else stored
+        return load_image(path if source is None else source), None
+    except (OSError, ValueError) as err:  # missing or unreadable: this example takes the text-only path
+        return None, f"{type(err).__name__}: {err}"
+
+
 def image_embedding_function(processor, counter: dict):
     """A batched `datasets.map` function adding `image_embeds` (None without an image), `has_image` and
     `image_error` columns; `counter["encoder_calls"]` counts the CLIP batches it runs."""
-    decode = datasets.Image().decode_example
 
     def encode(images: list) -> torch.Tensor:
         counter["encoder_calls"] += 1
         return processor.image_scorer.encode_images(images, batch_size=len(images))
 
     def embed(batch: dict) -> dict:
-        images, errors = [], []
         stored = batch.get("image") or [None] * len(batch["image_path"])
-        for path, image in zip(batch["image_path"], stored):
-            source = decode(image) if image is not None else path
-            try:
-                images.append(load_image(source) if source is not None else None)
-                errors.append(None if source is not None else "no image")
-            except (OSError, ValueError) as err:  # missing or unreadable: this example takes the text-only path
-                images.append(None)
-                errors.append(f"{type(err).__name__}: {err}")
+        images, errors = zip(*(load_row_image(path, image) for path, image in zip(batch["image_path"], stored)))
         embeds, has_image = embed_present(images, encode, processor.clip_embed_dim)  # (B, D), (B,)
         has_image = has_image.tolist()
         rows = [row.tolist() if present else None for row, present in zip(embeds, has_image)]
-        return {"image_embeds": rows, "has_image": has_image, "image_error": errors}
+        return {"image_embeds": rows, "has_image": has_image, "image_error": list(errors)}
 
     return embed
 

@@ -2,7 +2,8 @@
 results table and the predictions files.
 
 - [`predict_spans`], [`span_scores`], [`evaluate`]: each example's decoded word spans, gathered from every process;
-  entity-level micro P/R/F1 and per type against the gold BIO tags (conlleval semantics, `span_utils`).
+  entity-level micro P/R/F1 and per type against the gold BIO tags (conlleval semantics), computed by the project's
+  `evaluate` metric (`mner_metric`), as the `Trainer`'s `compute_metrics` and the benchmarks compute them.
 - [`results_table`]: the text table `run_mner.py` prints and the model card shows.
 - [`write_prediction_files`]: the best model's predictions for error analysis: `predictions_<split>.jsonl` (text,
   words, gold and predicted entities) and `predictions_<split>.conll` (`word gold predicted` per line, the format
@@ -21,7 +22,8 @@ import torch
 from accelerate import Accelerator
 
 from atomic_files import write_lines
-from span_utils import bio_to_spans, entity_dicts, entity_scores, spans_to_bio
+from mner_metric import entity_metric
+from span_utils import bio_to_spans, entity_dicts, spans_to_bio
 from tweet_words import join_words
 
 @torch.no_grad()
@@ -41,9 +43,8 @@ def predict_spans(model, dataloader, accelerator: Accelerator, processor) -> lis
 
 def span_scores(predictions: list[list[tuple]], gold_tags: list[list[str]]) -> dict:
     """Entity-level micro P/R/F1 (and per type) of predicted spans against the gold BIO tags (one list each per
-    example, in the same order)."""
-    gold = [bio_to_spans(tags) for tags in gold_tags]
-    return entity_scores(gold, [[span[:3] for span in example] for example in predictions])
+    example, in the same order), by the `mner_metric` metric."""
+    return entity_metric().compute(predictions=predictions, references=gold_tags)
 
 
 def evaluate(model, dataloader, accelerator: Accelerator, processor, gold_tags: list[list[str]]) -> dict:

@@ -1,8 +1,8 @@
 """Training pieces of PromptMNER (package only) that `run_mner.py` and a `transformers.Trainer` share: the batch
-collator and the optimizer.
+collator and the optimizer (the Trainer's `compute_metrics` is `mner_trainer.SpanMetrics`).
 
-- [`MNERCollator`]: dataset rows (words, BIO tags, cached CLIP image embeddings) to model batches through the
-  processor, with the span labels.
+- [`MNERCollator`]: dataset rows (words, BIO tags, cached CLIP image embeddings or images) to model batches through
+  the processor, with the span labels; the `data_collator` of a `transformers.Trainer`.
 - [`create_optimizer`]: AdamW with the parameter groups of PromptMNER: no weight decay on biases, LayerNorm weights
   and prompts; the parameters trained from scratch at their own rate; torch's fused kernel where there is one.
 - [`check_loss`]: a NaN or infinite training loss stops the run, naming the step.
@@ -13,6 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
+
+from mner_embedding_cache import load_row_image
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the run stops rather than train on (and save) garbage."""
@@ -29,19 +32,42 @@ def check_loss(step: int, loss: float) -> float:
 
 
 class MNERCollator:
-    """Batches dataset rows through the processor: tokens, span labels and cached image embeddings."""
+    """Batches dataset rows in `mner_data`'s schema through the processor: `tokens`, the span labels of `tags` (when
+    the rows have them) and the image: cached `image_embeds` (`mner_embedding_cache.add_image_embeddings`) when the
+    rows have that column, else the `image` or `image_path` encoded by the processor's CLIP now. A missing or
+    unreadable image sends its example down the text-only path, as in the cache.
 
-    def __init__(self, processor, max_length: int, text_only: bool):
+    As a `transformers.Trainer`'s `data_collator` it needs the rows whole: `TrainingArguments(
+    remove_unused_columns=False)` (the Trainer would otherwise drop every column the model's `forward` does not name).
+    """
+
+    def __init__(self, processor, max_length: int | None = None, text_only: bool = False):
         self.processor, self.max_length, self.text_only = processor, max_length, text_only
 
+    def image_inputs(self, rows: list[dict]) -> dict:
+        """The processor's image argument for these rows: their cached embeddings or their images (None: none)."""
+        if self.text_only:
+            return {}
+        if "image_embeds" in rows[0]:
+            return {"image_embeds": [row["image_embeds"] for row in rows]}
+        if "image" in rows[0] or "image_path" in rows[0]:
+            return {"images": [load_row_image(row.get("image_path"), row.get("image"))[0] for row in rows]}
+        return {}
+
     def __call__(self, rows: list[dict]) -> dict:
-        image_embeds = None if self.text_only else [row["image_embeds"] for row in rows]
+        if not rows or "tokens" not in rows[0]:
+            columns = sorted(rows[0]) if rows else []
+            raise ValueError(
+                f"MNERCollator: the rows need a 'tokens' column (and 'tags' for labels), got {columns}; "
+                "mner_data.from_hf_dataset converts a Hub NER dataset, and a transformers.Trainer needs "
+                "TrainingArguments(remove_unused_columns=False) to pass the rows whole"
+            )
         batch = self.processor(
             [row["tokens"] for row in rows],
             is_split_into_words=True,
-            image_embeds=image_embeds,
-            tags=[row["tags"] for row in rows],
+            tags=[row["tags"] for row in rows] if "tags" in rows[0] else None,
             max_length=self.max_length,
+            **self.image_inputs(rows),
         )
         return dict(batch)
 

