@@ -386,11 +386,17 @@ class PromptMNERSelfAttention(nn.Module):
 
     def modality_projections(self, hidden_states: torch.Tensor, text_length: int):
         """Each token's query for text keys and its query for visual keys (text tokens: `query`, `t2v_query`;
-        visual tokens: `v2t_query`, `v2v_query`), the keys and the values, each `(B, heads, L, d)`."""
+        visual tokens: `v2t_query`, `v2v_query`), the keys and the values, each `(B, heads, L, d)`. One matmul per
+        modality on concatenated weights while autograd records; in inference, plain matmuls, which spares
+        concatenating the weights on every call (see `text_projections`)."""
         text, visual = hidden_states.split([text_length, hidden_states.shape[1] - text_length], dim=1)
+        if torch.is_grad_enabled():
+            project = self.fused_projection
+        else:
+            project = lambda x, *queries: torch.cat([layer(x) for layer in (*queries, self.key, self.value)], -1)  # noqa: E731
         parts = (
-            self.fused_projection(text, self.query, self.t2v_query),  # (B, T, 4H)
-            self.fused_projection(visual, self.v2t_query, self.v2v_query),  # (B, V, 4H)
+            project(text, self.query, self.t2v_query),  # (B, T, 4H)
+            project(visual, self.v2t_query, self.v2v_query),  # (B, V, 4H)
         )
         # One copy makes each of the four contiguous per head, so the attention matmuls read them without another.
         heads_first = [x.view(*x.shape[:2], 4, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4) for x in parts]
