@@ -30,6 +30,7 @@ either `entities` (the `multimodal-ner` pipeline's output) or `error` (`"Excepti
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,11 +41,12 @@ from typing import Any
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from atomic_files import write_json
-from clip_promptmner import load_image
+from clip_promptmner import image_file_path, load_image
 from processing_promptmner import check_utf8_text
 
 PARTIAL_SUFFIX = ".partial"
 STATE_SUFFIX = ".partial.json"
+LINE_KEYS = ("text", "image", "id")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,18 +191,21 @@ def error_message(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def check_utf8_value(value: Any, name: str) -> Any:
-    """Return a decoded JSON value if UTF-8 can encode all its strings (keys included), else raise `ValueError`
-    naming the field and where in it (`'id'[2]['a']`) a lone surrogate is (see `check_utf8_text`)."""
+def check_json_value(value: Any, name: str) -> Any:
+    """Return a decoded JSON value if it can be written back as standard JSON in UTF-8, else raise `ValueError`
+    naming the field and where in it (`'id'[2]['a']`) the culprit is: a lone surrogate in a string or a key (see
+    `check_utf8_text`), or a number that JSON's `NaN` / `Infinity` extensions (or `1e400`) made non-finite."""
     if isinstance(value, str):
         return check_utf8_text(value, name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} is {json.dumps(value)}, which standard JSON cannot hold; give a number or a text")
     if isinstance(value, list):
         for index, item in enumerate(value):
-            check_utf8_value(item, f"{name}[{index}]")
+            check_json_value(item, f"{name}[{index}]")
     elif isinstance(value, dict):
         for key, item in value.items():
             check_utf8_text(key, f"a key of {name}")
-            check_utf8_value(item, f"{name}[{key!r}]")
+            check_json_value(item, f"{name}[{key!r}]")
     return value
 
 
@@ -214,7 +219,7 @@ def peek_id(line: str) -> Any:
     if not isinstance(record, dict):
         return None
     try:
-        return check_utf8_value(record.get("id"), "'id'")
+        return check_json_value(record.get("id"), "'id'")
     except ValueError:  # parse_record raised this same error for the line: its error record names the id
         return None
 
@@ -231,7 +236,10 @@ def parse_record(line: str, image_dir: Path | None, load_image: Callable[[Path],
     if not isinstance(record, dict):
         raise ValueError(f"a line must be a JSON object, got {type(record).__name__}")
     # The id first: an id that cannot be written is this line's error, and its error record has no id.
-    record_id = check_utf8_value(record.get("id"), "'id'")
+    record_id = check_json_value(record.get("id"), "'id'")
+    unknown = sorted(set(record) - set(LINE_KEYS))
+    if unknown:  # as the pipeline and the endpoint handler refuse them: a misspelt key is never silently dropped
+        raise ValueError(f"unknown keys {unknown}; a line has 'text' and optionally 'image' and 'id'")
     text = record.get("text")
     if not isinstance(text, str):
         raise ValueError(f"'text' must be a string, got {'nothing' if text is None else type(text).__name__}")
@@ -241,7 +249,7 @@ def parse_record(line: str, image_dir: Path | None, load_image: Callable[[Path],
         if not isinstance(image, str) or not image:
             raise ValueError(f"'image' must be a file path or null, got {image!r}")
         check_utf8_text(image, "'image'")
-        path = Path(image)
+        path = image_file_path(image)
         if image_dir is not None and not path.is_absolute():
             path = image_dir / path
         image = load_image(path)
@@ -479,7 +487,8 @@ def write_round(handle, records: list[dict], last_line: int) -> int:
     lines = [record["line"] for record in records]
     if lines[0] <= last_line or lines != sorted(set(lines)):
         raise RuntimeError(f"records out of input order: lines {lines} after line {last_line}")
-    handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8"))
+    text = "".join(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n" for record in records)
+    handle.write(text.encode("utf-8"))
     handle.flush()
     os.fsync(handle.fileno())
     return lines[-1]

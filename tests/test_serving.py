@@ -486,6 +486,18 @@ def test_app_explains_with_the_models_own_clue_options(tiny_roberta_processor, i
     assert np.allclose([e["probability"] for e in entries], expected.sort(descending=True).values, atol=1e-6)
 
 
+def test_app_names_a_threshold_that_is_not_a_number(pipe):
+    """The Space passes the slider's value to the pipeline, which names `threshold` for anything but a number in
+    [0, 1] (a cleared field gives None); the page shows that message."""
+    gr = pytest.importorskip("gradio", reason="the Space app needs gradio: pip install -e '.[space]'")
+    explainer = promptmner_space.PromptExplainer(pipe, top=3)
+    for threshold in (None, "high", True, 1.5):
+        with pytest.raises(gr.Error, match=r"threshold must be a number in \[0, 1\]"):
+            promptmner_space.predict(pipe, explainer, TEXT, None, threshold)
+    _, rows, _, note = promptmner_space.predict(pipe, explainer, TEXT, None, 0.25)
+    assert rows == promptmner_space.entity_rows(pipe(TEXT, threshold=0.25)) and note.startswith(f"{len(rows)} entities")
+
+
 def test_model_card_serving_section_says_what_works():
     section = mner_model_card.serving_section(MODEL_ID, SPACE_ID)
     assert "does not run this model" in section and "trust_remote_code" in section
