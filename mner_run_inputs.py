@@ -17,6 +17,7 @@ from transformers.utils import logging
 from mner_arguments import RunArguments
 from mner_backbone import backbone_position_offset
 from mner_checkpoints import TRAINING_STATE_DIR, check_checkpoint, latest_checkpoint, read_json_record, run_signature
+from mner_runtime import is_local_path
 
 logger = logging.get_logger(__name__)
 
@@ -26,11 +27,6 @@ BACKBONE_TOKENIZER_FILES = (
     "tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
     "bpe.codes",
 )  # fmt: skip
-
-
-def is_local_path(name: str) -> bool:
-    """Whether `name` can only be a local path (not a Hub id `name` or `org/name`)."""
-    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def check_data_files(args: RunArguments) -> None:
