@@ -1,6 +1,7 @@
 """run_mner.py end to end (real files, real subprocesses, real `accelerate launch`) and the training modules it runs
 on (arguments, input checks, embedding cache, optimizer, checkpoints, model card)."""
 
+import dataclasses
 import inspect
 import json
 import os
@@ -153,6 +154,25 @@ def test_bad_arguments_are_named(case, arguments, error, fragment):
         mner_arguments.RunArguments(**{"train_file": "a.txt", "validation_file": "b.txt", **arguments})
 
 
+FLOAT_SETTINGS = [item.name for item in dataclasses.fields(mner_arguments.RunArguments)
+                  if item.init and "float" in str(item.type)]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+def test_every_float_setting_must_be_finite(name, value):
+    """`--learning_rate inf` trained on NaN losses and exited 0: every float option refuses inf and nan by name."""
+    with pytest.raises(ValueError, match=rf"^--{name} must be (positive|a finite number|>= 0|in \[0, 1\)), got "):
+        mner_arguments.parse_args(["--train_file", "a.txt", "--validation_file", "b.txt", f"--{name}={value}"])
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step():
+    assert mner_training.check_loss(3, 0.25) == 0.25
+    for loss in (float("nan"), float("inf")):
+        with pytest.raises(mner_training.NonFiniteLossError, match=rf"the training loss of optimizer step 7 is {loss}"):
+            mner_training.check_loss(7, loss)
+
+
 def test_every_setting_is_declared_once_with_its_help():
     """The command line is derived from the dataclass fields: one option per field of RunArguments, each with its
     help and default; choices where there are any; RunArguments has no field the command line lacks."""
@@ -224,6 +244,18 @@ class Workspace:
     def resume(self, folder: str, **changes) -> mner_arguments.RunArguments:
         return self.args(resume_from_checkpoint=folder, **changes)
 
+    def training_state(self, *files: str, marked: bool = True) -> mner_arguments.RunArguments:
+        """The arguments of a run with --overwrite_output_dir whose output folder has a training state with `files`
+        (and, if `marked`, the marker run_mner.py writes there)."""
+        state = self.root / "out" / mner_checkpoints.TRAINING_STATE_DIR
+        (state / "checkpoints" / "step_2").mkdir(parents=True)
+        if marked:
+            mner_checkpoints.mark_training_state(state)
+        for name in files:
+            (state / name).parent.mkdir(parents=True, exist_ok=True)
+            (state / name).write_text("a user's file\n")
+        return self.args(overwrite_output_dir=True)
+
 
 # case, the arguments built on the workspace, expected error, fragment naming the culprit (regex)
 INPUT_CASES = [
@@ -255,6 +287,17 @@ INPUT_CASES = [
      r"--max_length 127 plus 0 visual clue tokens need 127 positions"),
     ("output folder not empty", lambda w: (w.file("out", b"") and None) or w.args(output_dir=str(w.root)),
      ValueError, r"--output_dir \S*: the folder is not empty; use --overwrite_output_dir"),
+    ("overwrite a training state that holds a user's file",
+     lambda w: w.training_state("my_labelled_data.txt"), ValueError,
+     r"--overwrite_output_dir would delete \S*/out/training, which holds what run_mner.py did not write: "
+     r"my_labelled_data.txt. Move them out of it, or use another --output_dir"),
+    ("overwrite a training state with a user's file among the checkpoints",
+     lambda w: w.training_state("checkpoints/notes.txt"), ValueError,
+     r"\S*/out/training, which holds what run_mner.py did not write: checkpoints/notes.txt"),
+    ("overwrite a training/ folder run_mner.py did not make",
+     lambda w: w.training_state(marked=False), ValueError,
+     r"\S*/out/training, which holds what run_mner.py did not write \(no promptmner_training_state.json: not a "
+     r"run's\): checkpoints"),
     ("resume latest without checkpoint in a full folder",
      lambda w: w.args(output_dir=str(w.root), resume_from_checkpoint="latest"), ValueError,
      r"not empty and no checkpoint to resume from"),
@@ -287,6 +330,20 @@ def test_bad_inputs_are_named_before_any_data_work(case, build, error, fragment,
         mner_run_inputs.check_run_inputs(build(workspace))
 
 
+def test_overwrite_deletes_the_training_state_run_mner_wrote(workspace):
+    """A marked training state holding only its own entries (a killed save's `.partial` / `.old` too) passes the
+    checks and `clear_previous_run` deletes it, then marks the new run's; nothing else of the folder goes."""
+    args = workspace.training_state()
+    state = Path(args.output_dir) / mner_checkpoints.TRAINING_STATE_DIR
+    for name in ("best_model.old", "logs", "checkpoints/step_4.partial"):
+        (state / name).mkdir(parents=True)
+    (Path(args.output_dir) / "config.json").write_text("{}")
+    mner_run_inputs.check_run_inputs(args)
+    mner_run_inputs.clear_previous_run(args)
+    assert sorted(p.name for p in state.iterdir()) == [mner_checkpoints.TRAINING_STATE_MARKER]
+    assert (Path(args.output_dir) / "config.json").read_text() == "{}"
+
+
 def test_good_inputs_pass_the_checks(workspace):
     mner_run_inputs.check_run_inputs(workspace.args())  # fresh run, absent output folder
     checkpoint = workspace.checkpoint()  # of a run with the workspace's arguments, in its output folder
@@ -314,6 +371,37 @@ def test_script_reports_a_bad_argument_without_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].endswith("--gradient_accumulation_steps must be >= 1, got 0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.txt", "valid.txt"]
+
+
+@pytest.mark.slow
+def test_run_whose_loss_becomes_non_finite_stops_naming_the_step(twitter_slice, tiny_backbone, clip_config_file,
+                                                                 tmp_path):  # fmt: skip
+    """A learning rate that makes the loss NaN or infinite stops the run with exit status 1 and the step, instead of
+    training on and reporting NaN in all_results.json with exit status 0."""
+    output = tmp_path / "out"
+    args = run_args(twitter_slice, tiny_backbone, clip_config_file, output, "--learning_rate", "1e30",
+                    "--max_train_steps", "6")  # fmt: skip
+    result = run([sys.executable, str(REPO_ROOT / "run_mner.py"), *args], tmp_path, expect=1)
+    assert re.search(r"run_mner.py: error: the training loss of optimizer step \d is (nan|inf)", result.stderr), (
+        result.stderr[-3000:]
+    )
+    assert not (output / "all_results.json").exists()
+
+
+@pytest.mark.slow
+def test_overwrite_output_dir_keeps_a_users_training_folder(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
+    """`run_mner.py --overwrite_output_dir` on a folder whose `training/` holds a user's file: exit status 2 naming the
+    folder, and the file (and everything else) stays."""
+    output = tmp_path / "out"
+    (output / "training").mkdir(parents=True)
+    (output / "training" / "my_labelled_data.txt").write_text("Kevin\tB-PER\n")
+    args = run_args(twitter_slice, tiny_backbone, clip_config_file, output, "--overwrite_output_dir")
+    result = run([sys.executable, str(REPO_ROOT / "run_mner.py"), *args], tmp_path, expect=2)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"--overwrite_output_dir would delete {output / 'training'}, which holds what run_mner.py" in result.stderr
+    assert [p.relative_to(output).as_posix() for p in output.rglob("*")] == [
+        "training", "training/my_labelled_data.txt"
+    ]  # fmt: skip
 
 
 # --- the optimizer -------------------------------------------------------------------------------------------
