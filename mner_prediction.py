@@ -628,9 +628,11 @@ class OutputFiles:
         self.close()
 
     def close(self) -> None:
-        """Close the files and release the lock (idempotent)."""
+        """Close the files, the pass over the input and release the lock (idempotent)."""
         self.records.close()
         self.state.close()
+        if hasattr(self.lines, "close"):
+            self.lines.close()
         self.lock.release()
 
 
