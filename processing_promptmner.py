@@ -615,20 +615,27 @@ class PromptMNERProcessor(ProcessorMixin):
             raise ValueError(f"got {len(image_list)} images for {batch_size} text examples")
         if self.image_scorer.vision is None:
             raise ValueError("images were given but this processor has no CLIP image tower (clip_config is None)")
-        if is_batched:  # decoded here, so that a bad one is named by its index (each distinct object once)
-            decoded: dict[int, Any] = {}
-            for index, image in enumerate(image_list):
-                if id(image) not in decoded:
-                    decoded[id(image)] = self._load_named(image, f"images[{index}]")
-            image_list = [decoded[id(image)] for image in image_list]
-        encode = lambda present: self.image_scorer.encode_images(present, batch_size=image_batch_size)  # noqa: E731
+        if not isinstance(image_batch_size, int) or image_batch_size < 1:
+            raise ValueError(f"image_batch_size must be an integer >= 1, got {image_batch_size!r}")
+        first_index: dict[int, int] = {}  # id(image) -> its first index in the batch, to name a bad one
+        for index, image in enumerate(image_list):
+            first_index.setdefault(id(image), index)
+
+        def encode(present: list) -> torch.Tensor:
+            """Decode and encode `image_batch_size` images at a time; in a batch, a bad one is named `images[i]`."""
+            chunks = []
+            for start in range(0, len(present), image_batch_size):
+                chunk = present[start : start + image_batch_size]
+                if is_batched:
+                    chunk = [self._load_named(image, f"images[{first_index[id(image)]}]") for image in chunk]
+                chunks.append(self.image_scorer.encode_images(chunk, batch_size=image_batch_size))
+            return torch.cat(chunks)
+
         embeds, has_image = embed_present(image_list, encode, self.clip_embed_dim)  # (B, D), (B,)
         return {"image_embeds": embeds, "has_image": has_image}
 
     def _load_named(self, image: Any, field: str) -> Any:
-        """`image` decoded (None stays None); an error names `field`."""
-        if image is None:
-            return None
+        """`image` decoded; an error names `field`."""
         with named_errors(field):
             return self.image_scorer.load_image(image)
 
