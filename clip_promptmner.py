@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -158,12 +159,33 @@ def _decoded(image: Image.Image, *, source: str) -> Image.Image:
     return image
 
 
-def _open_image_file(path: Path) -> Image.Image:
-    """Open and fully decode an image file, applying its EXIF orientation; errors name the file."""
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def image_file_path(image: str | os.PathLike) -> Path:
+    """The `Path` of an image given as a path, refusing an empty one and a URL (URLs are never fetched; `Path` would
+    fold `http://host/a.png` into the path `http:/host/a.png`)."""
+    text = os.fspath(image)
+    if not str(text).strip():
+        raise ValueError(f"empty image path {text!r}: give a file path, or None for no image")
+    if isinstance(text, str) and _URL.match(text):
+        raise ValueError(
+            f"image {text!r} is a URL: URLs are not fetched; download the image and pass its file path (or a PIL image)"
+        )
+    return Path(text)
+
+
+def check_image_file(path: Path) -> None:
+    """Raise `FileNotFoundError` (or `ValueError` for a folder) naming `path` unless it is a regular file."""
     if not path.exists():
         raise FileNotFoundError(f"Image file not found: {str(path)!r}")
     if not path.is_file():
         raise ValueError(f"Cannot read image {str(path)!r}: not a regular file")
+
+
+def _open_image_file(path: Path) -> Image.Image:
+    """Open and fully decode an image file, applying its EXIF orientation; errors name the file."""
+    check_image_file(path)
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -190,16 +212,15 @@ def load_image(image: Image.Image | str | os.PathLike | np.ndarray) -> Image.Ima
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file cannot be decoded (message names the file and the reason) or the array is invalid.
+        ValueError: the file cannot be decoded (message names the file and the reason), the array is invalid, or the
+            path is a URL (never fetched).
         TypeError: unsupported input type.
     """
     if isinstance(image, Image.Image):
         source = f"PIL image {image.filename!r}" if getattr(image, "filename", "") else f"PIL image (mode {image.mode})"
         return _pil_to_rgb(_decoded(image, source=source), source=source)
     if isinstance(image, (str, os.PathLike)):
-        if not str(image).strip():
-            raise ValueError(f"empty image path {str(image)!r}: give a file path, or None for no image")
-        path = Path(image)
+        path = image_file_path(image)
         return _pil_to_rgb(_open_image_file(path), source=f"image file {str(path)!r}")
     if isinstance(image, np.ndarray):
         return _pil_to_rgb(_array_to_image(image), source="numpy image")

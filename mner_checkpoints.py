@@ -19,10 +19,22 @@ from pathlib import Path
 from accelerate import Accelerator
 from safetensors import SafetensorError, safe_open
 
-from atomic_files import OLD_SUFFIX, fresh_partial_folder, partial_path, recover_folder, replace_folder, write_json
+from atomic_files import (
+    OLD_SUFFIX,
+    PARTIAL_SUFFIX,
+    fresh_partial_folder,
+    partial_path,
+    recover_folder,
+    replace_folder,
+    write_json,
+)
 from mner_arguments import RunArguments
 
 TRAINING_STATE_DIR = "training"  # checkpoints, best-dev model and logs; never pushed to the Hub
+# The mark of a training state folder that run_mner.py made: `--overwrite_output_dir` deletes only such a folder, and
+# only when it holds nothing but the state's own entries (each possibly as `.partial` / `.old` of a killed save).
+TRAINING_STATE_MARKER = "promptmner_training_state.json"
+TRAINING_STATE_ENTRIES = ("checkpoints", "best_model", "logs", "text_only", TRAINING_STATE_MARKER)
 
 # Test hook: a process whose environment sets this variable to a kill point's name SIGKILLs itself when it gets
 # there, so that tests can interrupt a real run at a precise point. Points: `after_step:<n>` (after optimizer step
@@ -71,6 +83,33 @@ def latest_checkpoint(state_dir: Path) -> str | None:
     candidates = [p for p in state_dir.glob("checkpoints/step_*") if CHECKPOINT_NAME.fullmatch(p.name)]
     candidates.sort(key=checkpoint_step)
     return str(candidates[-1]) if candidates else None
+
+
+def mark_training_state(state_dir: Path) -> None:
+    """Write [`TRAINING_STATE_MARKER`] into `state_dir` (main process, before the run writes anything there)."""
+    marker = Path(state_dir) / TRAINING_STATE_MARKER
+    if not marker.is_file():
+        write_json(marker, {"written_by": "run_mner.py", "what": "training state: checkpoints, best-dev model, logs; "
+                            "--overwrite_output_dir deletes this folder whole"})  # fmt: skip
+
+
+def _is_state_entry(name: str, entries: tuple[str, ...]) -> bool:
+    return any(name in (entry, entry + PARTIAL_SUFFIX, entry + OLD_SUFFIX) for entry in entries)
+
+
+def foreign_training_entries(state_dir: Path) -> list[str]:
+    """What in `state_dir` run_mner.py did not write: all of it when the folder has no [`TRAINING_STATE_MARKER`],
+    else its entries (and those of its `checkpoints`) that are not the training state's own."""
+    state_dir = Path(state_dir)
+    names = sorted(path.name for path in state_dir.iterdir())
+    if TRAINING_STATE_MARKER not in names:
+        return names
+    foreign = [name for name in names if not _is_state_entry(name, TRAINING_STATE_ENTRIES)]
+    checkpoints = state_dir / "checkpoints"
+    if checkpoints.is_dir():
+        foreign += [f"checkpoints/{path.name}" for path in sorted(checkpoints.iterdir())
+                    if not (path.is_dir() and CHECKPOINT_NAME.fullmatch(path.name.split(".")[0]))]  # fmt: skip
+    return foreign
 
 
 def recover_training_state(state_dir: Path) -> None:

@@ -3,9 +3,10 @@
 This is the library behind `promptmner-predict` and `accelerate launch -m predict_mner` (see `predict_mner.py`):
 
 - **Reading** ([`read_lines`], [`parse_line`]): the input is streamed line by line, never loaded whole. A line is
-  `{"text": str, "image": path | null, "id": any}`; a bad line (invalid JSON, no text, a missing or unreadable
-  image, a lone surrogate such as `"\\ud800"` in its id, text or image, which UTF-8 cannot write...) becomes an
-  error record naming its line.
+  `{"text": str, "image": path | null, "id": any}`; a bad line (invalid JSON, no text, an unknown key, a missing or
+  unreadable image, an image URL, a lone surrogate such as `"\\ud800"` in its id, text or image, which UTF-8 cannot
+  write, an id that standard JSON cannot hold such as `NaN` or `1e400`...) becomes an error record naming its line
+  and the field.
 - **Sharding** ([`LineBlocks`]): the non-blank lines not done yet are cut into blocks of `batch_size` lines.
   Block `k` belongs to process `k % num_processes` (the processes of any `accelerate launch` topology), and within
   that process to DataLoader worker `j % num_workers`, where `j` counts the process's own blocks; the worker parses
@@ -15,11 +16,15 @@ This is the library behind `promptmner-predict` and `accelerate launch -m predic
   Accelerate's `gather_object` brings the records to the main process, which writes them in input order. A round's
   blocks are consecutive and every block is the same batch as in a one-process run with the same `batch_size`, so
   the output is the same file, line for line (byte for byte where the devices compute alike: tested on CPU).
-- **Output** ([`open_output`], [`write_round`], [`finish_output`]): the main process appends whole rounds to
+- **Output** ([`OutputLock`], [`open_output`], [`OutputFiles`]): the main process holds `<output>.lock` (a second
+  run writing the same output is refused at its start, naming the first one's pid), appends whole rounds to
   `<output>.partial` (one write, flushed and synced per round) and renames it to `<output>` at the end, so the
-  output file is never half written. `resume=True` keeps the longest prefix of complete blocks of the partial file
-  and continues after it, with any number of processes: no line lost, none duplicated, no half line. Memory stays
-  bounded by the batch size: a round's records, and at most two blocks per DataLoader worker waiting.
+  output file is never half written. Before each round's records it appends their input lines' digests to the
+  state file `<output>.partial.json` (first line: the run's settings). `resume=True` keeps the longest prefix of
+  complete blocks of the partial file whose input lines still have their recorded digests ([`check_state`]: an
+  edited line is named) and continues after it, with any number of processes: no line lost, none duplicated, no
+  half line, no stale record. Memory stays bounded by the batch size: a round's records, and at most two blocks
+  per DataLoader worker waiting.
 
 Every output record has `line` (1-based line number in the input) and, when the input line has one that can be
 written, `id`, then
@@ -29,8 +34,11 @@ either `entities` (the `multimodal-ner` pipeline's output) or `error` (`"Excepti
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,12 +47,19 @@ from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from atomic_files import write_json
-from clip_promptmner import load_image
+try:
+    import fcntl
+except ImportError:  # not POSIX: outputs are not locked
+    fcntl = None
+
+from atomic_files import write_text
+from clip_promptmner import image_file_path, load_image
 from processing_promptmner import check_utf8_text
 
 PARTIAL_SUFFIX = ".partial"
 STATE_SUFFIX = ".partial.json"
+LOCK_SUFFIX = ".lock"
+LINE_KEYS = ("text", "image", "id")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -105,6 +120,10 @@ def state_path(output: Path) -> Path:
     return output.with_name(output.name + STATE_SUFFIX)
 
 
+def lock_path(output: Path) -> Path:
+    return output.with_name(output.name + LOCK_SUFFIX)
+
+
 def check_job(job: PredictionJob) -> None:
     """Validate the job before anything is opened; `ValueError` names the argument."""
     if job.batch_size < 1:
@@ -133,11 +152,12 @@ def _same_file(a: Path, b: Path) -> bool:
 def check_output_paths(job: PredictionJob) -> None:
     """The output must not be (a link to) the input, a folder, or an earlier result that was not meant to go."""
     output, partial = job.output, partial_path(job.output)
-    for path in (output, partial, state_path(output)):
+    for path in (output, partial, state_path(output), lock_path(output)):
         if _same_file(path, job.input):
             raise ValueError(f"--output {output} would overwrite the input file {job.input} ({path})")
         if path.is_dir():
             raise ValueError(f"--output {output}: {path} is a folder")
+    check_not_locked(output)
     if job.overwrite:
         return
     if partial.exists() and not job.resume:
@@ -189,18 +209,21 @@ def error_message(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def check_utf8_value(value: Any, name: str) -> Any:
-    """Return a decoded JSON value if UTF-8 can encode all its strings (keys included), else raise `ValueError`
-    naming the field and where in it (`'id'[2]['a']`) a lone surrogate is (see `check_utf8_text`)."""
+def check_json_value(value: Any, name: str) -> Any:
+    """Return a decoded JSON value if it can be written back as standard JSON in UTF-8, else raise `ValueError`
+    naming the field and where in it (`'id'[2]['a']`) the culprit is: a lone surrogate in a string or a key (see
+    `check_utf8_text`), or a number that JSON's `NaN` / `Infinity` extensions (or `1e400`) made non-finite."""
     if isinstance(value, str):
         return check_utf8_text(value, name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} is {json.dumps(value)}, which standard JSON cannot hold; give a number or a text")
     if isinstance(value, list):
         for index, item in enumerate(value):
-            check_utf8_value(item, f"{name}[{index}]")
+            check_json_value(item, f"{name}[{index}]")
     elif isinstance(value, dict):
         for key, item in value.items():
             check_utf8_text(key, f"a key of {name}")
-            check_utf8_value(item, f"{name}[{key!r}]")
+            check_json_value(item, f"{name}[{key!r}]")
     return value
 
 
@@ -214,7 +237,7 @@ def peek_id(line: str) -> Any:
     if not isinstance(record, dict):
         return None
     try:
-        return check_utf8_value(record.get("id"), "'id'")
+        return check_json_value(record.get("id"), "'id'")
     except ValueError:  # parse_record raised this same error for the line: its error record names the id
         return None
 
@@ -231,7 +254,10 @@ def parse_record(line: str, image_dir: Path | None, load_image: Callable[[Path],
     if not isinstance(record, dict):
         raise ValueError(f"a line must be a JSON object, got {type(record).__name__}")
     # The id first: an id that cannot be written is this line's error, and its error record has no id.
-    record_id = check_utf8_value(record.get("id"), "'id'")
+    record_id = check_json_value(record.get("id"), "'id'")
+    unknown = sorted(set(record) - set(LINE_KEYS))
+    if unknown:  # as the pipeline and the endpoint handler refuse them: a misspelt key is never silently dropped
+        raise ValueError(f"unknown keys {unknown}; a line has 'text' and optionally 'image' and 'id'")
     text = record.get("text")
     if not isinstance(text, str):
         raise ValueError(f"'text' must be a string, got {'nothing' if text is None else type(text).__name__}")
@@ -241,7 +267,7 @@ def parse_record(line: str, image_dir: Path | None, load_image: Callable[[Path],
         if not isinstance(image, str) or not image:
             raise ValueError(f"'image' must be a file path or null, got {image!r}")
         check_utf8_text(image, "'image'")
-        path = Path(image)
+        path = image_file_path(image)
         if image_dir is not None and not path.is_absolute():
             path = image_dir / path
         image = load_image(path)
@@ -433,63 +459,211 @@ def scan_output(path: Path, block_size: int = 1) -> Progress:
     return kept
 
 
-def _check_state(path: Path, fingerprint: dict) -> None:
-    """A resumed run must be the interrupted run's continuation: same input (path and size), model and settings."""
+class RefusedError(ValueError):
+    """The run cannot start: its output is locked by another run, or `--resume` finds a partial output that does
+    not belong to this input and these settings (the command exits with status 2, naming why)."""
+
+
+def line_digest(number: int, line: str) -> list:
+    """`[number, digest]` of an input line as the state file records it: its number and a hash of its text (without
+    the line end), so that a resumed run can tell that the lines it keeps are still the input's."""
+    text = line.rstrip("\n").encode("utf-8", "surrogatepass")
+    return [number, hashlib.blake2b(text, digest_size=8).hexdigest()]
+
+
+def _damaged(path: Path, reason: str) -> RefusedError:
+    return RefusedError(f"{path} is damaged ({reason}); pass --overwrite to start over")
+
+
+def check_state(path: Path, fingerprint: dict, job_input: Path, lines: Iterator[tuple[int, str]], count: int) -> int:
+    """A resumed run must be the interrupted run's continuation: the state file's first line must hold the same
+    fingerprint (input path and size, model and settings), and its next `count` lines the digests of the input's
+    first `count` non-blank lines (taken from `lines`), which the partial output holds records of. Returns the byte
+    offset after those lines; a difference is a [`RefusedError`] naming the first input line that differs."""
     if not path.is_file():
-        raise ValueError(f"{path} is missing, so the partial output cannot be checked; pass --overwrite to start over")
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is damaged ({err}); pass --overwrite to start over") from None
-    for key, value in fingerprint.items():
-        if stored.get(key) != value:
-            raise ValueError(
-                f"--resume: {key} was {stored.get(key)!r} in the interrupted run and is {value!r} now ({path}); "
-                "pass --overwrite to start over"
-            )
+        raise RefusedError(f"{path} is missing: the partial output cannot be checked; pass --overwrite to start over")
+    with open(path, "rb") as handle:
+        header = handle.readline()
+        try:
+            stored = json.loads(header)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise _damaged(path, str(err)) from None
+        if not isinstance(stored, dict):
+            raise _damaged(path, "its first line is not the run's settings")
+        for key, value in fingerprint.items():
+            if stored.get(key) != value:
+                raise RefusedError(
+                    f"--resume: {key} was {stored.get(key)!r} in the interrupted run and is {value!r} now ({path}); "
+                    "pass --overwrite to start over"
+                )
+        offset = len(header)
+        for index in range(count):
+            raw = handle.readline()
+            try:
+                number, digest = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError):
+                raise _damaged(path, f"it records {index} input lines, the partial output {count}") from None
+            now_number, now_line = next(lines, (None, None))
+            if now_number is None:
+                raise RefusedError(
+                    f"--resume: --input {job_input} has {index} non-blank lines, but the partial output holds {count}; "
+                    "pass --overwrite to start over"
+                )
+            if line_digest(now_number, now_line) != [number, digest]:
+                first = number if now_number == number else min(number, now_number)
+                raise RefusedError(
+                    f"--resume: line {first} of --input {job_input} is not what it was when the interrupted run "
+                    "predicted it (the first line that differs), so the records kept would not be this input's; "
+                    "pass --overwrite to start over"
+                )
+            offset += len(raw)
+    return offset
 
 
-def open_output(job: PredictionJob) -> tuple[Any, Progress]:
-    """Open `<output>.partial` for appending (main process only); return it and the progress it already holds.
+class OutputLock:
+    """`<output>.lock`: held by the main process of the run that writes `<output>` (an exclusive `flock`), naming
+    its process. A second run writing the same output is refused at its start, naming the first one's pid. The lock
+    belongs to the open file, so the operating system releases it when its process ends, killed or not: a lock file
+    left by a killed run (its pid gone) blocks nothing, and the next run takes it over."""
 
-    Without `resume` any earlier partial file is discarded; the output file itself is only ever replaced by
-    [`finish_output`]. With `resume`, the partial file is cut after its last complete block.
-    """
-    partial, state = partial_path(job.output), state_path(job.output)
-    if job.resume and partial.exists():
-        _check_state(state, job.fingerprint())
-        progress = scan_output(partial, job.batch_size)
-        handle = open(partial, "r+b")
-        handle.truncate(progress.offset)
-        handle.seek(progress.offset)
-        return handle, progress
-    job.output.parent.mkdir(parents=True, exist_ok=True)
-    partial.unlink(missing_ok=True)  # before the new state: a state file never describes an older partial file
-    write_json(state, job.fingerprint())
-    return open(partial, "wb"), Progress()
+    def __init__(self, output: Path):
+        self.output, self.path, self.handle = output, lock_path(output), None
+
+    def acquire(self) -> OutputLock:
+        if fcntl is None:  # not POSIX: no lock
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        attempts = 0
+        while self.handle is None:
+            handle = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip()
+                handle.close()
+                attempts += 1
+                if holder or attempts >= 20:  # an empty file: a run starting, or another's check_not_locked
+                    raise self.busy(holder) from None
+                time.sleep(0.05)
+                continue
+            if self._same_file(handle):
+                self.handle = handle
+            else:  # a run that just ended removed the file we locked: lock the new one
+                handle.close()
+        self.handle.seek(0)
+        self.handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        self.handle.flush()
+        return self
+
+    def busy(self, holder: str) -> RefusedError:
+        return RefusedError(
+            f"--output {self.output} is being written by another run ({holder or 'a process that is starting'}; lock "
+            f"file {self.path}): wait for it to end, or write another --output"
+        )
+
+    def _same_file(self, handle) -> bool:
+        try:
+            return os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
+    def release(self) -> None:
+        """Remove the lock file (while still holding it) and let go."""
+        if self.handle is not None:
+            self.path.unlink(missing_ok=True)
+            self.handle.close()
+            self.handle = None
 
 
-def write_round(handle, records: list[dict], last_line: int) -> int:
-    """Append a round's records in one write, flushed and synced; return the last line written.
+def check_not_locked(output: Path) -> None:
+    """A [`RefusedError`] naming the other run when a live run holds `<output>.lock` (a shared lock, taken and given
+    back at once, tells: it conflicts with that run's exclusive one only, so the processes of one run may all ask)."""
+    path = lock_path(output)
+    if fcntl is None or not path.is_file():
+        return
+    with open(path, encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputLock(output).busy(handle.read().strip()) from None
 
-    Raises `RuntimeError` if the records do not continue the file in input order (they always should).
-    """
-    if not records:
-        return last_line
-    lines = [record["line"] for record in records]
-    if lines[0] <= last_line or lines != sorted(set(lines)):
-        raise RuntimeError(f"records out of input order: lines {lines} after line {last_line}")
-    handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8"))
+
+class OutputFiles:
+    """What the main process appends to while a run goes: the records to `<output>.partial`, and before them one
+    `[line, digest]` per record (see [`line_digest`]) to the state file `<output>.partial.json`, whose first line is
+    the run's fingerprint. The digests come from the process's own pass over the input (`lines`, positioned after
+    the lines done), so a resumed run can check the content of the lines it keeps, not only the input's size."""
+
+    def __init__(self, records, state, lines: Iterator[tuple[int, str]], lock: OutputLock):
+        self.records, self.state, self.lines, self.lock = records, state, lines, lock
+
+    def write_round(self, records: list[dict], last_line: int) -> int:
+        """Append a round's digests, then its records, each in one write, flushed and synced; return the last line
+        written. A `RuntimeError` if the records do not continue the file in input order (they always should)."""
+        if not records:
+            return last_line
+        lines = [record["line"] for record in records]
+        if lines[0] <= last_line or lines != sorted(set(lines)):
+            raise RuntimeError(f"records out of input order: lines {lines} after line {last_line}")
+        digests = []
+        for number in lines:
+            read_number, line = next(self.lines, (None, ""))
+            if read_number != number:
+                raise RuntimeError(f"a record of input line {number} where the input's next line is {read_number}")
+            digests.append(line_digest(number, line))
+        _append_synced(self.state, "".join(json.dumps(digest) + "\n" for digest in digests))
+        _append_synced(self.records, "".join(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+                                             for record in records))  # fmt: skip
+        return lines[-1]
+
+    def finish(self, output: Path) -> None:
+        """Close the complete partial file and rename it to `output` (atomic on one file system)."""
+        self.records.close()
+        os.replace(partial_path(output), output)
+        self.state.close()
+        state_path(output).unlink(missing_ok=True)
+        self.close()
+
+    def close(self) -> None:
+        """Close the files, the pass over the input and release the lock (idempotent)."""
+        self.records.close()
+        self.state.close()
+        if hasattr(self.lines, "close"):
+            self.lines.close()
+        self.lock.release()
+
+
+def _append_synced(handle, text: str) -> None:
+    handle.write(text.encode("utf-8"))
     handle.flush()
     os.fsync(handle.fileno())
-    return lines[-1]
 
 
-def finish_output(handle, output: Path) -> None:
-    """Close the complete partial file and rename it to `output` (atomic on one file system)."""
-    handle.close()
-    os.replace(partial_path(output), output)
-    state_path(output).unlink(missing_ok=True)
+def open_output(job: PredictionJob, lock: OutputLock) -> tuple[OutputFiles, Progress]:
+    """Open `<output>.partial` and its state for appending (main process only, holding `lock`); return them and the
+    progress the partial file already holds.
+
+    Without `resume` any earlier partial file is discarded; the output file itself is only ever replaced by
+    [`OutputFiles.finish`]. With `resume`, the partial file is cut after its last complete block, once the state
+    file says that its records are this input's, line for line ([`check_state`]).
+    """
+    partial, state = partial_path(job.output), state_path(job.output)
+    lines = read_lines(job.input)
+    if job.resume and partial.exists():
+        progress = scan_output(partial, job.batch_size)
+        state_offset = check_state(state, job.fingerprint(), job.input, lines, progress.records)
+        records, digests = open(partial, "r+b"), open(state, "r+b")
+        for handle, offset in ((records, progress.offset), (digests, state_offset)):
+            handle.truncate(offset)
+            handle.seek(offset)
+        return OutputFiles(records, digests, lines, lock), progress
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    partial.unlink(missing_ok=True)  # before the new state: a state file never describes an older partial file
+    write_text(state, json.dumps(job.fingerprint()) + "\n")
+    return OutputFiles(open(partial, "wb"), open(state, "ab"), lines, lock), Progress()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -506,41 +680,50 @@ def _broadcast(value: Any, state) -> Any:
     return broadcast_object_list([value])[0]
 
 
-def _main_process_start(job: PredictionJob) -> tuple[Any, Progress, int | None]:
-    """Open the output and count the input (main process only): `(partial file, progress, non-blank input lines)`;
-    `(None, progress, None)` when `--resume` finds the output already complete."""
-    if job.resume and not partial_path(job.output).exists() and job.output.exists():
-        return None, scan_output(job.output), None
-    handle, progress = open_output(job)
+def _main_process_start(job: PredictionJob) -> tuple[OutputFiles | None, Progress, int | None]:
+    """Lock and open the output and count the input (main process only): `(output files, progress, non-blank input
+    lines)`; `(None, progress, None)` when `--resume` finds the output already complete."""
+    lock = OutputLock(job.output).acquire()
+    files = None
     try:
+        if job.resume and not partial_path(job.output).exists() and job.output.exists():
+            lock.release()
+            return None, scan_output(job.output), None
+        files, progress = open_output(job, lock)
         total, line_of_last = scan_input(job.input, progress.records)
         if progress.records and line_of_last != progress.last_line:
-            raise ValueError(
+            raise RefusedError(
                 f"--resume: {partial_path(job.output)} ends with input line {progress.last_line}, but the input's "
                 f"non-blank line {progress.records} is line {line_of_last}: it does not match --input {job.input}"
             )
     except BaseException:
-        handle.close()
+        if files is not None:
+            files.close()
+        lock.release()
         raise
-    return handle, progress, total
+    return files, progress, total
 
 
-def _start(job: PredictionJob, state) -> tuple[Any, Progress, int | None]:
+def _start(job: PredictionJob, state) -> tuple[OutputFiles | None, Progress, int | None]:
     """[`_main_process_start`] on the main process, its outcome shared with all: an error there stops every process
-    (the main one re-raises it, the others raise a `RuntimeError` that quotes it)."""
-    handle, error, outcome = None, None, None
+    (the main one re-raises it, the others raise an error that quotes it: a [`RefusedError`] for a refusal, else a
+    `RuntimeError`)."""
+    files, error, outcome = None, None, None
     if state.is_main_process:
         try:
-            handle, progress, total = _main_process_start(job)
+            files, progress, total = _main_process_start(job)
             outcome = ("ok", progress, total)
         except Exception as err:  # noqa: BLE001 - shared with the other processes below, then re-raised
-            error, outcome = err, ("error", error_message(err), None)
+            kind = "refused" if isinstance(err, RefusedError) else "error"
+            error, outcome = err, (kind, str(err) if kind == "refused" else error_message(err), None)
     outcome = _broadcast(outcome, state)
     if error is not None:
         raise error
+    if outcome[0] == "refused":
+        raise RefusedError(outcome[1])
     if outcome[0] == "error":
         raise RuntimeError(f"the main process could not start: {outcome[1]}")
-    return handle, outcome[1], outcome[2]
+    return files, outcome[1], outcome[2]
 
 
 def predict_file(pipe, job: PredictionJob, state=None) -> dict:
@@ -560,25 +743,26 @@ def predict_file(pipe, job: PredictionJob, state=None) -> dict:
     state = state if state is not None else PartialState()
     check_job(job)
     state.wait_for_everyone()  # every process checks the paths before the main one creates the partial file
-    handle, progress, total = _start(job, state)
+    files, progress, total = _start(job, state)
     if total is None:  # --resume of a run that had finished
         return {**progress.counts(), "predicted": 0, "seconds": 0.0}
     resumed = progress.records
     try:
         start = time.perf_counter()
-        progress = _predict_into(pipe, job, state, handle, progress, total)
+        progress = _predict_into(pipe, job, state, files, progress, total)
         seconds = time.perf_counter() - start
         if state.is_main_process:
-            finish_output(handle, job.output)
+            files.finish(job.output)
     finally:
-        if handle is not None:
-            handle.close()
+        if files is not None:
+            files.close()
     state.wait_for_everyone()
     return _broadcast({**progress.counts(), "predicted": progress.records - resumed, "seconds": seconds}, state)
 
 
-def _predict_into(pipe, job: PredictionJob, state, handle, progress: Progress, total: int) -> Progress:
-    """The prediction loop; the main process appends each round to `handle` and shows a progress bar."""
+def _predict_into(pipe, job: PredictionJob, state, files: OutputFiles | None, progress: Progress,
+                  total: int) -> Progress:  # fmt: skip
+    """The prediction loop; the main process appends each round to `files` and shows a progress bar."""
     from mner_console import progress_bar
 
     dataset = LineBlocks(job.input, job.batch_size, load_image, job.image_dir,
@@ -588,7 +772,7 @@ def _predict_into(pipe, job: PredictionJob, state, handle, progress: Progress, t
                       disable=not state.is_main_process) as bar:  # fmt: skip
         for records in rounds:
             if state.is_main_process:
-                progress.last_line = write_round(handle, records, progress.last_line)
+                progress.last_line = files.write_round(records, progress.last_line)
                 progress.records += len(records)
                 progress.errors += sum("error" in record for record in records)
                 bar.update(len(records))

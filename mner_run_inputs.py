@@ -3,7 +3,8 @@
 [`check_run_inputs`]: the data files, the image folder, the CLIP config, the backbone (and whether its positions fit
 `--max_length` plus the visual clue tokens), the checkpoint to resume from (tied to the run's arguments) and the
 output folder; each problem is a `ValueError` naming the option or the file. [`clear_previous_run`] removes the
-training state of the run an `--overwrite_output_dir` replaces.
+training state of the run an `--overwrite_output_dir` replaces, only when this script made it (its marker file) and
+it holds nothing else ([`check_own_training_state`]).
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ from transformers.utils import logging
 
 from mner_arguments import RunArguments
 from mner_backbone import backbone_position_offset
-from mner_checkpoints import TRAINING_STATE_DIR, check_checkpoint, latest_checkpoint, read_json_record, run_signature
+from mner_checkpoints import (
+    TRAINING_STATE_DIR,
+    TRAINING_STATE_MARKER,
+    check_checkpoint,
+    foreign_training_entries,
+    latest_checkpoint,
+    mark_training_state,
+    read_json_record,
+    run_signature,
+)
+from mner_runtime import is_local_path
 
 logger = logging.get_logger(__name__)
 
@@ -26,11 +37,6 @@ BACKBONE_TOKENIZER_FILES = (
     "tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
     "bpe.codes",
 )  # fmt: skip
-
-
-def is_local_path(name: str) -> bool:
-    """Whether `name` can only be a local path (not a Hub id `name` or `org/name`)."""
-    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def check_data_files(args: RunArguments) -> None:
@@ -93,12 +99,30 @@ def resolve_checkpoint(args: RunArguments) -> str | None:
     return args.resume_from_checkpoint
 
 
+def check_own_training_state(args: RunArguments) -> None:
+    """`--overwrite_output_dir` deletes `<output_dir>/training` whole: only when run_mner.py made it (its marker
+    file) and it holds nothing else; a `ValueError` names the folder and what else is there otherwise."""
+    state_dir = Path(args.output_dir) / TRAINING_STATE_DIR
+    if not state_dir.is_dir():
+        return
+    foreign = foreign_training_entries(state_dir)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        unmarked = "" if (state_dir / TRAINING_STATE_MARKER).is_file() else f" (no {TRAINING_STATE_MARKER}: not a run's)"
+        raise ValueError(
+            f"--overwrite_output_dir would delete {state_dir}, which holds what run_mner.py did not write{unmarked}: "
+            f"{shown}. Move them out of it, or use another --output_dir"
+        )
+
+
 def check_output_dir(args: RunArguments, checkpoint: str | None) -> None:
     """An output folder that holds anything is only written into with `--overwrite_output_dir` or to resume one
-    of its checkpoints (transformers' convention)."""
+    of its checkpoints (transformers' convention); overwriting deletes only a training state this script wrote."""
     output = Path(args.output_dir)
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output_dir {output}: exists and is not a folder")
+    if args.overwrite_output_dir and checkpoint is None:
+        check_own_training_state(args)
     if args.overwrite_output_dir or checkpoint is not None or not output.is_dir() or not any(output.iterdir()):
         return
     resume = " and no checkpoint to resume from" if args.resume_from_checkpoint else ""
@@ -121,9 +145,12 @@ def check_run_inputs(args: RunArguments) -> None:
 
 def clear_previous_run(args: RunArguments) -> None:
     """With `--overwrite_output_dir` (and nothing to resume), delete the training state of the run the folder
-    held (checkpoints, best-dev model, logs), so that no later `--resume_from_checkpoint latest` picks it up. Its
-    model files stay until the new run's replace them."""
+    held (checkpoints, best-dev model, logs), so that no later `--resume_from_checkpoint latest` picks it up; only
+    a state this script wrote and nothing else ([`check_own_training_state`], checked again here). Its model files
+    stay until the new run's replace them. Then (every run) mark the training state folder as this script's."""
     state_dir = Path(args.output_dir) / TRAINING_STATE_DIR
     if args.overwrite_output_dir and resolve_checkpoint(args) is None and state_dir.exists():
+        check_own_training_state(args)
         logger.warning("--overwrite_output_dir: deleting the previous run's training state %s", state_dir)
         shutil.rmtree(state_dir)
+    mark_training_state(state_dir)

@@ -98,6 +98,35 @@ class PromptMNERSpanOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def check_same_shape(name: str, tensor: torch.Tensor | None, reference_name: str, reference: torch.Tensor) -> None:
+    """Raise a `ValueError` naming both tensors and shapes unless `tensor` (when given) has `reference`'s shape:
+    inputs of one batch must agree, or broadcasting would silently pair one example's mask with another's tokens."""
+    if tensor is not None and tuple(tensor.shape) != tuple(reference.shape):
+        raise ValueError(
+            f"{name} has shape {tuple(tensor.shape)} but {reference_name} has shape {tuple(reference.shape)}: "
+            "they must agree in batch size and length"
+        )
+
+
+def check_batch_inputs(input_ids, attention_mask, image_embeds, has_image, clip_embed_dim: int) -> None:
+    """The encoder's inputs describe one batch: `input_ids` `(B, T)`, `attention_mask` `(B, T)`, `image_embeds`
+    `(B, D)`, `has_image` `(B,)`; a `ValueError` names the tensor and both shapes otherwise."""
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+    check_same_shape("attention_mask", attention_mask, "input_ids", input_ids)
+    batch = input_ids.shape[0]
+    if image_embeds is not None and (image_embeds.ndim != 2 or tuple(image_embeds.shape) != (batch, clip_embed_dim)):
+        raise ValueError(
+            f"image_embeds has shape {tuple(image_embeds.shape)} but input_ids has shape {tuple(input_ids.shape)}: "
+            f"expected ({batch}, {clip_embed_dim}), one CLIP embedding per example"
+        )
+    if has_image is not None and tuple(has_image.shape) != (batch,):
+        raise ValueError(
+            f"has_image has shape {tuple(has_image.shape)} but input_ids has shape {tuple(input_ids.shape)}: "
+            f"expected ({batch},), one flag per example"
+        )
+
+
 def text_position_ids(attention_mask: torch.Tensor, padding_idx: int) -> torch.LongTensor:
     """RoBERTa position ids: real tokens count from `padding_idx + 1`, padding sits at `padding_idx`."""
     mask = attention_mask.long()
@@ -491,6 +520,43 @@ class PromptMNEREncoder(nn.Module):
         return hidden_states, all_hidden_states, all_attentions
 
 
+def weights_source(name_or_path: str, subfolder: str = "") -> str:
+    """The weights file of a model folder (or Hub repo) as error messages name it."""
+    location = os.path.join(name_or_path, subfolder) if subfolder else name_or_path
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        if os.path.isfile(os.path.join(location, name)):
+            return os.path.join(location, name)
+    return f"{location}/model.safetensors"
+
+
+def _listed(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_loading_info(info: dict, source: str, allow_mismatched: bool = False) -> None:
+    """Raise a `ValueError` naming `source` and the tensors when the weights do not fit the model built from the
+    configuration: tensors the model has and the file lacks (they would be left at random values), tensors of the
+    file the model has no place for (a config with fewer layers or another head), or (unless `allow_mismatched`)
+    tensors whose shape differs, each with both shapes."""
+    problems = []
+    missing, unexpected = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
+    if missing:
+        problems.append(f"{len(missing)} tensors of the model are not in the file: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensors of the file have no place in the model: {_listed(unexpected)}")
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched and not allow_mismatched:
+        shapes = [f"{name} is {tuple(saved)} in the file but {tuple(expected)} in the model"
+                  for name, saved, expected in mismatched]  # fmt: skip
+        problems.append(f"{len(mismatched)} tensors have another shape: {_listed(shapes, 3)}")
+    if problems:
+        raise ValueError(
+            f"{source}: the weights do not match the model that config.json describes; " + "; ".join(problems)
+            + ". The configuration and the weights were not saved together (or one of them was edited)"
+        )
+
+
 class PromptMNERPreTrainedModel(PreTrainedModel):
     config_class = PromptMNERConfig
     base_model_prefix = "promptmner"
@@ -501,16 +567,26 @@ class PromptMNERPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`; a local folder without `config.json`, or weights that cannot be read,
-        give an `OSError` naming the folder and the file."""
+        give an `OSError` naming the folder and the file. Weights that do not fit the configuration (tensors missing
+        from the file or not in the model, or of another shape) are a `ValueError` naming the file and the tensors,
+        where transformers would initialise the missing ones at random and only log it; `ignore_mismatched_sizes=True`
+        still opts into re-initialising tensors of another shape."""
         folder = str(pretrained_model_name_or_path or "")
         if os.path.isdir(folder) and kwargs.get("config") is None:
             config_file = os.path.join(folder, kwargs.get("subfolder") or "", "config.json")
             if not os.path.isfile(config_file):
                 raise OSError(f"{config_file} not found: a PromptMNER model folder needs its config.json")
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return_info = kwargs.pop("output_loading_info", False)
+        allow_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        try:  # mismatched shapes come back in the loading info (named below) instead of a generic error
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, ignore_mismatched_sizes=True,
+                **kwargs,
+            )  # fmt: skip
         except SafetensorError as err:
             raise OSError(f"{folder}: cannot read the model weights (model.safetensors): {err}") from err
+        check_loading_info(info, weights_source(folder, kwargs.get("subfolder") or ""), allow_mismatched)
+        return (model, info) if return_info else model
 
     def _init_weights(self, module):
         super()._init_weights(module)  # Linear, Embedding (padding row zeroed) and LayerNorm, RoBERTa style
@@ -529,6 +605,8 @@ class PromptMNERPreTrainedModel(PreTrainedModel):
 
 class PromptMNERModel(PromptMNERPreTrainedModel):
     """The PromptMNER encoder: text tokens and prompt-based visual clue tokens under modality-aware attention."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^span_head\."]  # the encoder alone, loaded from a span model's folder
 
     def __init__(self, config: PromptMNERConfig):
         super().__init__(config)
@@ -575,6 +653,7 @@ class PromptMNERModel(PromptMNERPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        check_batch_inputs(input_ids, attention_mask, image_embeds, has_image, self.config.clip_embed_dim)
         text_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         clue_embeds, prompt_probs, mask = None, None, text_mask
         if image_embeds is not None:
@@ -639,6 +718,23 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
         self.promptmner = PromptMNERModel(config)
         self.span_head = PromptMNERSpanHead(config)
         self.post_init()
+
+    def check_word_inputs(self, input_ids, word_start_index, word_end_index, word_mask, labels) -> None:
+        """`word_start_index`, `word_end_index` (and `word_mask`) `(B, W)` for the `B` examples of `input_ids`, and
+        `labels` `(B, W, max_span_length)`; a `ValueError` names the tensor and both shapes otherwise."""
+        if word_start_index.ndim != 2 or word_start_index.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"word_start_index has shape {tuple(word_start_index.shape)} but input_ids has shape "
+                f"{tuple(input_ids.shape)}: expected ({input_ids.shape[0]}, number of words)"
+            )
+        check_same_shape("word_end_index", word_end_index, "word_start_index", word_start_index)
+        check_same_shape("word_mask", word_mask, "word_start_index", word_start_index)
+        expected = (*word_start_index.shape, self.config.max_span_length)
+        if labels is not None and tuple(labels.shape) != expected:
+            raise ValueError(
+                f"labels has shape {tuple(labels.shape)} but word_start_index has shape "
+                f"{tuple(word_start_index.shape)}: expected {expected} (batch, words, max_span_length)"
+            )
 
     def word_states(self, text_hidden, word_start_index, word_end_index, word_mask=None):
         """The hidden states of each word's first and last token `(B, W, H)` each, the last word of each (start word,
@@ -718,6 +814,7 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
         the 4 labels (`O`, `LOC`, `ORG`, `PER`).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self.check_word_inputs(input_ids, word_start_index, word_end_index, word_mask, labels)
         outputs = self.promptmner(
             input_ids,
             attention_mask=attention_mask,

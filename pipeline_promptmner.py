@@ -37,6 +37,7 @@ before the next chunk runs, and an example's image is encoded by CLIP once for a
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 import uuid
@@ -53,13 +54,13 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 try:
-    from .clip_promptmner import embed_present
-    from .processing_promptmner import PromptMNERProcessor, check_utf8_text
+    from .clip_promptmner import check_image_file, embed_present, image_file_path
+    from .processing_promptmner import PromptMNERProcessor, check_utf8_text, named_errors
     from .span_utils import decode_spans, entity_dicts
     from .tweet_words import split_words
 except ImportError:
-    from clip_promptmner import embed_present
-    from processing_promptmner import PromptMNERProcessor, check_utf8_text
+    from clip_promptmner import check_image_file, embed_present, image_file_path
+    from processing_promptmner import PromptMNERProcessor, check_utf8_text, named_errors
     from span_utils import decode_spans, entity_dicts
     from tweet_words import split_words
 
@@ -70,6 +71,14 @@ TASK = "multimodal-ner"
 INPUT_KEYS = ("text", "image")
 _METADATA_KEYS = ("image", "chunk", "is_last")
 IMAGE_CACHE_SIZE = 64  # examples whose CLIP embedding the pipeline keeps while their chunks go through the model
+_UNSET = object()  # a call argument not given (None given explicitly is checked like any other value)
+
+
+def check_threshold(threshold: Any) -> float:
+    """`threshold` as a float if it is a number in [0, 1] (not a bool, not NaN), else a `ValueError` naming it."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be a number in [0, 1] (a label probability), got {threshold!r}")
+    return float(threshold)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,7 +245,8 @@ class MultimodalNERPipeline(ChunkPipeline):
             default `2 * max_span_length`, which puts any entity cut by one chunk whole in the next one, with
             `max_span_length + 1` or more words of left context.
         max_length (`int`, *optional*): a smaller window in tokens (special tokens included) than the model's.
-        threshold (`float`, defaults to 0): minimum probability of an entity's label.
+        threshold (`float`, defaults to 0): minimum probability of an entity's label (a number in [0, 1]; `True`,
+            `None` or a string is refused).
         ignore_labels (`list[str]`, *optional*): entity types to leave out of the output.
         aggregation_strategy: accepted for compatibility with `token-classification` callers; entities are always
             whole word spans, so any value gives the same output.
@@ -296,7 +306,7 @@ class MultimodalNERPipeline(ChunkPipeline):
     # -- parameters ----------------------------------------------------------------------------------------------
 
     def _sanitize_parameters(
-        self, stride=None, max_length=None, threshold=None, ignore_labels=None, aggregation_strategy=None
+        self, stride=None, max_length=None, threshold=_UNSET, ignore_labels=None, aggregation_strategy=None
     ):
         preprocess, postprocess = {}, {}
         if stride is not None:
@@ -305,16 +315,15 @@ class MultimodalNERPipeline(ChunkPipeline):
             preprocess["stride"] = stride
         if max_length is not None:
             special = self.processor.tokenizer.num_special_tokens_to_add()
-            if not isinstance(max_length, int) or max_length <= special:
+            if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= special:
                 raise ValueError(f"max_length must be an integer > {special} (the special tokens), got {max_length!r}")
             preprocess["max_length"] = max_length
-        if threshold is not None:
-            if not 0.0 <= float(threshold) <= 1.0:
-                raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
-            postprocess["threshold"] = float(threshold)
+        if threshold is not _UNSET:  # None too: it is no number (the default is 0)
+            postprocess["threshold"] = check_threshold(threshold)
         if ignore_labels is not None:
-            if isinstance(ignore_labels, str):
-                raise ValueError(f"ignore_labels must be a list of labels, got the string {ignore_labels!r}")
+            collection = isinstance(ignore_labels, (list, tuple, set, frozenset))
+            if not collection or not all(isinstance(label, str) for label in ignore_labels):
+                raise ValueError(f"ignore_labels must be a list of labels (strings), got {ignore_labels!r}")
             postprocess["ignore_labels"] = list(ignore_labels)
         strategy = getattr(aggregation_strategy, "value", aggregation_strategy)
         if isinstance(strategy, str) and strategy.lower() == "none":
@@ -337,7 +346,20 @@ class MultimodalNERPipeline(ChunkPipeline):
             inputs = list(inputs)
         if isinstance(inputs, list) and not inputs:
             return []
+        if isinstance(inputs, list):
+            self._check_examples(inputs)
         return super().__call__(inputs, **kwargs)
+
+    def _check_examples(self, inputs: list) -> None:
+        """Check every example of a list before any runs, so that a bad one is named by its index (`inputs[2]: ...`):
+        its type, keys and text, its image's type, and that an image path is a file (decoding comes later)."""
+        for index, example in enumerate(inputs):
+            with named_errors(f"inputs[{index}]"):
+                _, image = self._parse_input(example)
+                if image is not None:
+                    self._check_image(image)
+                    if isinstance(image, (str, os.PathLike)):
+                        check_image_file(image_file_path(image))
 
     # -- preprocess ----------------------------------------------------------------------------------------------
 
@@ -358,13 +380,17 @@ class MultimodalNERPipeline(ChunkPipeline):
             f"an input must be a string or a dict with 'text' and optionally 'image', got {type(inputs).__name__}"
         )
 
-    def _load_image(self, image: Any) -> Image.Image | None:
-        if image is None:
-            return None
+    def _check_image(self, image: Any) -> None:
+        """The model reads images, and `image` is of a kind it reads."""
         if self.processor.image_scorer.vision is None:
             raise ValueError("an image was given but this model's processor is text-only (it has no CLIP image tower)")
         if not isinstance(image, (Image.Image, str, os.PathLike, np.ndarray)):
             raise TypeError(f"image must be a PIL image, a file path or a numpy array, got {type(image).__name__}")
+
+    def _load_image(self, image: Any) -> Image.Image | None:
+        if image is None:
+            return None
+        self._check_image(image)
         return self.processor.image_scorer.load_image(image)
 
     def window(self, has_image: bool) -> int:

@@ -23,12 +23,16 @@ or, for a line that cannot be processed (invalid JSON, no `text`, an image that 
 process's.
 
 The run writes `<output>.partial` and renames it to `<output>` when it is complete. After an interruption,
-`--resume` continues after the last complete block of lines; the final file equals an uninterrupted run's. An
-existing output is never replaced unless `--overwrite` is given.
+`--resume` continues after the last complete block of lines, once it has checked that the input lines it keeps are
+unchanged (their digests are in `<output>.partial.json`; an edited line is named); the final file equals an
+uninterrupted run's. An existing output is never replaced unless `--overwrite` is given. While a run writes
+`<output>`, it holds `<output>.lock` (naming its pid): a second run writing the same output is refused at its start;
+a killed run's lock is released with its process and blocks nothing.
 
 Exit status: 0 when at least one line was predicted (or the input has no lines), 1 when every line failed and,
-with `--fail_on_error`, 1 as soon as any line failed (after writing everything); 2 for invalid arguments. A summary
-goes to stderr.
+with `--fail_on_error`, 1 as soon as any line failed (after writing everything); 2 for invalid arguments (a
+`--model` folder that does not exist, a `--device` this machine lacks...), an output locked by another run, or a
+`--resume` that does not match the partial output. A summary goes to stderr.
 
 By default the model and processor are loaded with this package's own code (`PromptMNERForSpanNER`,
 `PromptMNERProcessor`); `--trust_remote_code` loads them, and the pipeline, from the model repository's code.
@@ -77,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, mner_
     job = mner_prediction.PredictionJob(**{name: getattr(args, name) for name in names})
     try:
         mner_prediction.check_job(job)
-    except ValueError as err:
+        mner_runtime.check_model_location(args.model, "--model")
+        mner_runtime.check_device(args.device, "--device")
+    except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     if args.num_threads is not None and args.num_threads < 1:
         parser.error(f"--num_threads must be >= 1, got {args.num_threads}")
@@ -93,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.device is not None and state.num_processes > 1:
         raise SystemExit(f"--device {args.device} names one device; under `accelerate launch` leave it out")
     pipe = mner_runtime.load_pipeline(args.model, args.device or state.device, args.trust_remote_code, args.num_threads)
-    counts = mner_prediction.predict_file(pipe, job, state)
+    try:
+        counts = mner_prediction.predict_file(pipe, job, state)
+    except mner_prediction.RefusedError as err:  # another run holds the output, or --resume does not match
+        print(f"promptmner-predict: error: {err}", file=sys.stderr)
+        return 2
     if state.is_main_process:
         rate = counts["predicted"] / counts["seconds"] if counts["seconds"] else 0.0
         print(

@@ -18,8 +18,10 @@ files and `clip_vision.safetensors` (the image tower's weights; safetensors only
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ try:
     from .prompt_vocabularies import TASK_LABELS, load_vocabulary, save_vocabulary_embeds
     from .span_utils import bio_to_spans, decode_spans, entity_dicts, span_label_grid, valid_span_mask
     from .tweet_words import join_words, split_words
-    from .word_alignment import check_tokenizer, encode_words, load_tokenizer
+    from .word_alignment import check_tokenizer, check_tokenizer_file, encode_words, load_tokenizer
 except ImportError:
     from clip_promptmner import (
         OPENAI_CLIP_MEAN,
@@ -56,7 +58,7 @@ except ImportError:
     from prompt_vocabularies import TASK_LABELS, load_vocabulary, save_vocabulary_embeds
     from span_utils import bio_to_spans, decode_spans, entity_dicts, span_label_grid, valid_span_mask
     from tweet_words import join_words, split_words
-    from word_alignment import check_tokenizer, encode_words, load_tokenizer
+    from word_alignment import check_tokenizer, check_tokenizer_file, encode_words, load_tokenizer
 
 
 logger = logging.get_logger(__name__)
@@ -82,6 +84,21 @@ def check_utf8_text(text: str, name: str = "text") -> str:
             "which UTF-8 cannot encode"
         ) from None
     return text
+
+
+_NAMED_ERRORS = (TypeError, ValueError, FileNotFoundError)
+
+
+@contextmanager
+def named_errors(field: str) -> Iterator[None]:
+    """Re-raise a `TypeError`, `ValueError` or `FileNotFoundError` of the block with `field: ` before its message, so
+    that an error in one element of a batch says which (`images[2]: Image file not found: ...`)."""
+    try:
+        yield
+    except _NAMED_ERRORS as err:
+        if type(err) not in _NAMED_ERRORS:  # a subclass may take other arguments: left as it is
+            raise
+        raise type(err)(f"{field}: {err}") from err
 
 
 class PromptMNERBatch(BatchFeature):
@@ -127,6 +144,25 @@ class PromptMNERBatch(BatchFeature):
 # ----------------------------------------------------------------------------------------------------------------
 # The processor
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def check_saved_vocabulary(config_file: str | os.PathLike) -> None:
+    """A saved `processor_config.json` must hold its prompt vocabulary as the list of words (or leave it out): a
+    string there would be read as a vocabulary name or a file path, and loading must read nothing outside the folder.
+    An unreadable file is an `OSError`, another vocabulary a `ValueError`, both naming the file."""
+    try:
+        settings = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise OSError(f"{config_file}: not a readable processor_config.json ({type(err).__name__}: {err})") from err
+    vocabulary = settings.get("prompt_vocabulary") if isinstance(settings, dict) else None
+    if vocabulary is None:
+        return
+    if not isinstance(vocabulary, list) or not all(isinstance(word, str) for word in vocabulary):
+        shown = repr(vocabulary) if len(repr(vocabulary)) <= 100 else repr(vocabulary)[:97] + "..."
+        raise ValueError(
+            f"{config_file}: prompt_vocabulary must be the list of words the processor carries, got "
+            f"{type(vocabulary).__name__} {shown}; a saved processor never names a vocabulary or a file to read"
+        )
 
 
 # What a saved processor needs each file for; all are checked before loading, so no default stands in for one.
@@ -310,14 +346,21 @@ class PromptMNERProcessor(ProcessorMixin):
 
         Hub files go through the Hugging Face cache, so `HF_HUB_OFFLINE=1` works with a populated cache. A folder
         without `processor_config.json` or without its fast tokenizer's files is an error naming the file (a default
-        processor rebuilt in their place would silently read text and images differently from training).
+        processor rebuilt in their place would silently read text and images differently from training), and so is
+        a damaged `tokenizer.json`. A saved processor carries its prompt vocabulary as a list of words: a name or a
+        file path in `processor_config.json` is refused, so loading never reads a file outside the folder or repo.
         """
         hub_kwargs = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only,
                           token=token, revision=revision)  # fmt: skip
-        for filename, needed_for in SAVED_PROCESSOR_FILES.items():
-            resolve_saved_file(
+        files = {
+            filename: resolve_saved_file(
                 pretrained_model_name_or_path, filename, needed_for, subfolder=kwargs.get("subfolder", ""), **hub_kwargs
             )
+            for filename, needed_for in SAVED_PROCESSOR_FILES.items()
+        }
+        if "prompt_vocabulary" not in kwargs:
+            check_saved_vocabulary(files["processor_config.json"])
+        check_tokenizer_file(files["tokenizer.json"])
         processor = super().from_pretrained(
             pretrained_model_name_or_path,
             cache_dir=cache_dir,
@@ -420,6 +463,9 @@ class PromptMNERProcessor(ProcessorMixin):
             if not text:
                 raise ValueError("text is an empty batch")
             examples, is_batched = list(text), True
+        elif isinstance(text, (list, tuple)) and any(isinstance(example, str) for example in text):
+            index, example = next((i, e) for i, e in enumerate(text) if not isinstance(e, str))
+            raise TypeError(f"text[{index}] must be a str like the batch's other texts, got {type(example).__name__}")
         else:
             raise TypeError(
                 "text must be a str or a list of str (pass is_split_into_words=True for lists of words), "
@@ -569,9 +615,29 @@ class PromptMNERProcessor(ProcessorMixin):
             raise ValueError(f"got {len(image_list)} images for {batch_size} text examples")
         if self.image_scorer.vision is None:
             raise ValueError("images were given but this processor has no CLIP image tower (clip_config is None)")
-        encode = lambda present: self.image_scorer.encode_images(present, batch_size=image_batch_size)  # noqa: E731
+        if not isinstance(image_batch_size, int) or image_batch_size < 1:
+            raise ValueError(f"image_batch_size must be an integer >= 1, got {image_batch_size!r}")
+        first_index: dict[int, int] = {}  # id(image) -> its first index in the batch, to name a bad one
+        for index, image in enumerate(image_list):
+            first_index.setdefault(id(image), index)
+
+        def encode(present: list) -> torch.Tensor:
+            """Decode and encode `image_batch_size` images at a time; in a batch, a bad one is named `images[i]`."""
+            chunks = []
+            for start in range(0, len(present), image_batch_size):
+                chunk = present[start : start + image_batch_size]
+                if is_batched:
+                    chunk = [self._load_named(image, f"images[{first_index[id(image)]}]") for image in chunk]
+                chunks.append(self.image_scorer.encode_images(chunk, batch_size=image_batch_size))
+            return torch.cat(chunks)
+
         embeds, has_image = embed_present(image_list, encode, self.clip_embed_dim)  # (B, D), (B,)
         return {"image_embeds": embeds, "has_image": has_image}
+
+    def _load_named(self, image: Any, field: str) -> Any:
+        """`image` decoded; an error names `field`."""
+        with named_errors(field):
+            return self.image_scorer.load_image(image)
 
     def _stack_image_embeds(self, image_embeds: Any, batch_size: int, is_batched: bool) -> dict[str, torch.Tensor]:
         """Stack precomputed embeddings (tensor / array / list with `None`s) into `(B, D)` plus `has_image`."""

@@ -15,10 +15,19 @@ with every request body (JSON, parsed into a dict):
 (list of entity types), `stride` and `max_length` (long-text chunking, see the `multimodal-ner` pipeline), and
 `aggregation_strategy`, accepted as token-classification clients send it (entities are always whole word spans).
 
+Bounds. Everything in a request that sizes the memory or the time of its answer is bounded, so that one request
+cannot hold the model for long; a value past its bound is a 400 that names the field and the bound:
+
+- `inputs`: at most `MAX_INPUTS` (32) examples; each text at most `MAX_TEXT_CHARACTERS` (10,000) characters;
+- an image: at most `MAX_IMAGE_BYTES` (10 MB) decoded bytes and `MAX_IMAGE_PIXELS` (25 megapixels);
+- `batch_size`: 1 to `MAX_BATCH_SIZE` (32); `stride`: 0 to `MAX_STRIDE` (256) words; `max_length`: from the
+  tokenizer's special tokens + 1 to the model's window (in tokens); `ignore_labels`: at most `MAX_IGNORE_LABELS`
+  (64) labels.
+
 The response has the format of transformers' aggregated `token-classification` output: for one input, a list of
 `{"entity_group", "score", "word", "start", "end"}` (character offsets into the text); for a list of inputs, one
 such list per input. A bad request raises [`BadRequestError`] whose message names the offending field (the toolkit
-returns it with status 400).
+returns it with status 400). Model calls are serialised by a lock, so concurrent calls are safe.
 
 This file imports no `promptmner` module: it loads the model, the processor and the pipeline from the folder with
 `trust_remote_code=True`, exactly as a Hub user would. Run as a script, it serves the folder it is in over HTTP on
@@ -27,6 +36,11 @@ before deploying:
 
     python handler.py --port 8080
     curl -s localhost:8080 -H "Content-Type: application/json" -d '{"inputs": "Kevin Durant arrives in Oklahoma City"}'
+
+The local server serves connections concurrently (one thread each, at most `--max_connections`), reads each with a
+timeout (`--read_timeout` seconds: 408 for a client that stalls), and answers a body over `--max_body_bytes` with
+413, a body without `Content-Length` (or chunked) with 411, a `Content-Length` that is not a byte count or JSON
+nested too deeply with 400; a slow or broken client costs only its own request.
 """
 
 from __future__ import annotations
@@ -38,8 +52,10 @@ import io
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import torch
@@ -51,9 +67,30 @@ TASK = "multimodal-ner"
 INPUT_KEYS = ("text", "image")
 AGGREGATION_STRATEGIES = ("none", "simple", "first", "average", "max")
 
+# Bounds of one request (see the module docstring).
+MAX_INPUTS = 32
+MAX_TEXT_CHARACTERS = 10_000
+MAX_IMAGE_BYTES = 10 * 2**20
+MAX_IMAGE_PIXELS = 25_000_000
+MAX_BATCH_SIZE = 32
+MAX_STRIDE = 256
+MAX_IGNORE_LABELS = 64
+# The local server's defaults.
+MAX_BODY_BYTES = 16 * 2**20
+READ_TIMEOUT_SECONDS = 30.0
+MAX_CONNECTIONS = 64
+
 
 class BadRequestError(ValueError):
     """A request body that does not have the documented form; the message names the field."""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The bounds a request is checked against; `max_length` depends on the model (`EndpointHandler` sets it)."""
+
+    min_max_length: int = 2
+    max_max_length: int = 512
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -71,6 +108,26 @@ def _base64_payload(value: str, field: str) -> str:
     return payload
 
 
+def _open_bounded(data: bytes, field: str) -> Image.Image:
+    """Open image bytes, refuse more than `MAX_IMAGE_PIXELS` before decoding them, then decode."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise BadRequestError(
+                f"{field}: the image has {image.width}x{image.height} pixels; at most {MAX_IMAGE_PIXELS} are accepted"
+            )
+        image.load()
+    except Image.DecompressionBombError as error:
+        raise BadRequestError(f"{field}: the image is too large ({error})") from None
+    except UnidentifiedImageError:
+        raise BadRequestError(f"{field}: the {len(data)} decoded bytes are not an image; send a JPEG or PNG") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, BadRequestError):
+            raise
+        raise BadRequestError(f"{field}: the image data is truncated or corrupt ({error})") from None
+    return image
+
+
 def decode_image(value: Any, field: str) -> Image.Image:
     """Decode a base64 JPEG/PNG (or any image PIL reads), plain or as a data URL, into a loaded PIL image.
 
@@ -83,28 +140,38 @@ def decode_image(value: Any, field: str) -> Image.Image:
     if value.startswith(("http://", "https://", "/", "file:")):
         raise BadRequestError(f"{field}: URLs and paths are not fetched; send the image bytes as base64")
     payload = "".join(_base64_payload(value, field).split())  # line breaks of `base64` output are fine
+    if len(payload) // 4 * 3 > MAX_IMAGE_BYTES:
+        raise BadRequestError(
+            f"{field}: about {len(payload) // 4 * 3} image bytes; at most {MAX_IMAGE_BYTES} are accepted"
+        )
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as error:
         raise BadRequestError(f"{field} is not valid base64 ({error})") from None
     if not data:
         raise BadRequestError(f"{field} is empty")
+    return _open_bounded(data, field)
+
+
+def check_text(text: str, field: str) -> str:
+    """`text` if it is within `MAX_TEXT_CHARACTERS` and UTF-8 can encode it (JSON's `"\ud800"` is a lone surrogate,
+    which it cannot), else a `BadRequestError` naming the field and the character."""
+    if len(text) > MAX_TEXT_CHARACTERS:
+        raise BadRequestError(f"{field} has {len(text)} characters; at most {MAX_TEXT_CHARACTERS} are accepted")
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Image.DecompressionBombError as error:
-        raise BadRequestError(f"{field}: the image is too large ({error})") from None
-    except UnidentifiedImageError:
-        raise BadRequestError(f"{field}: the {len(data)} decoded bytes are not an image; send a JPEG or PNG") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadRequestError(f"{field}: the image data is truncated or corrupt ({error})") from None
-    return image
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadRequestError(
+            f"{field} holds a lone surrogate U+{ord(text[error.start]):04X} at character {error.start}, which UTF-8 "
+            "cannot encode"
+        ) from None
+    return text
 
 
 def parse_example(value: Any, field: str) -> str | dict[str, Any]:
     """One input: a string, or `{"text": str, "image": base64 str | null}` with the image decoded."""
     if isinstance(value, str):
-        return value
+        return check_text(value, field)
     if not isinstance(value, Mapping):
         raise BadRequestError(
             f"{field} must be a string or an object with 'text' and optionally 'image', got {type(value).__name__}"
@@ -116,17 +183,20 @@ def parse_example(value: Any, field: str) -> str | dict[str, Any]:
         raise BadRequestError(f"{field}.text is missing")
     if not isinstance(value["text"], str):
         raise BadRequestError(f"{field}.text must be a string, got {type(value['text']).__name__}")
+    text = check_text(value["text"], f"{field}.text")
     image = value.get("image")
     if image is None:
-        return value["text"]
-    return {"text": value["text"], "image": decode_image(image, f"{field}.image")}
+        return text
+    return {"text": text, "image": decode_image(image, f"{field}.image")}
 
 
 def parse_inputs(inputs: Any) -> tuple[list[str | dict[str, Any]], bool]:
-    """`(examples, is_batch)` from the request's `inputs`: one input or a non-empty list of them."""
+    """`(examples, is_batch)` from the request's `inputs`: one input or a non-empty list of at most `MAX_INPUTS`."""
     if isinstance(inputs, list):
         if not inputs:
             raise BadRequestError("inputs is an empty list; give at least one text")
+        if len(inputs) > MAX_INPUTS:
+            raise BadRequestError(f"inputs has {len(inputs)} examples; at most {MAX_INPUTS} are accepted per request")
         return [parse_example(value, f"inputs[{index}]") for index, value in enumerate(inputs)], True
     return [parse_example(inputs, "inputs")], False
 
@@ -135,19 +205,24 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def parse_parameters(parameters: Any) -> dict[str, Any]:
-    """Check `parameters` and return them as pipeline call arguments."""
+def _is_labels(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= MAX_IGNORE_LABELS and all(isinstance(x, str) for x in value)
+
+
+def parse_parameters(parameters: Any, limits: RequestLimits = RequestLimits()) -> dict[str, Any]:
+    """Check `parameters` against their types and `limits`, and return them as pipeline call arguments."""
     if parameters is None:
         return {}
     if not isinstance(parameters, Mapping):
         raise BadRequestError(f"parameters must be an object, got {type(parameters).__name__}")
+    low, high = limits.min_max_length, limits.max_max_length
     checks = {
         "threshold": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
                       "a number in [0, 1]"),
-        "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        "stride": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (words)"),
-        "max_length": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (tokens)"),
-        "ignore_labels": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+        "batch_size": (lambda v: _is_int(v) and 1 <= v <= MAX_BATCH_SIZE, f"an integer in [1, {MAX_BATCH_SIZE}]"),
+        "stride": (lambda v: _is_int(v) and 0 <= v <= MAX_STRIDE, f"an integer in [0, {MAX_STRIDE}] (words)"),
+        "max_length": (lambda v: _is_int(v) and low <= v <= high, f"an integer in [{low}, {high}] (tokens)"),
+        "ignore_labels": (_is_labels, f"a list of at most {MAX_IGNORE_LABELS} strings"),
         # Sent by token-classification clients (e.g. InferenceClient.token_classification); entities are whole spans.
         "aggregation_strategy": (lambda v: v in AGGREGATION_STRATEGIES, f"one of {list(AGGREGATION_STRATEGIES)}"),
     }  # fmt: skip
@@ -157,11 +232,14 @@ def parse_parameters(parameters: Any) -> dict[str, Any]:
     for name, value in parameters.items():
         valid, expected = checks[name]
         if not valid(value):
-            raise BadRequestError(f"parameters.{name} must be {expected}, got {value!r}")
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise BadRequestError(f"parameters.{name} must be {expected}, got {shown}")
     return dict(parameters)
 
 
-def parse_request(data: Any) -> tuple[list[str | dict[str, Any]], bool, dict[str, Any]]:
+def parse_request(
+    data: Any, limits: RequestLimits = RequestLimits()
+) -> tuple[list[str | dict[str, Any]], bool, dict[str, Any]]:
     """`(examples, is_batch, pipeline arguments)` from a request body as the endpoint toolkit delivers it."""
     if not isinstance(data, Mapping):
         raise BadRequestError(f"the request body must be a JSON object with 'inputs', got {type(data).__name__}")
@@ -170,8 +248,9 @@ def parse_request(data: Any) -> tuple[list[str | dict[str, Any]], bool, dict[str
         raise BadRequestError(f"the request body has unknown keys {unknown}; it has 'inputs' and 'parameters'")
     if "inputs" not in data:
         raise BadRequestError("the request body has no 'inputs' (a text, an object with 'text' and 'image', or a list)")
+    arguments = parse_parameters(data.get("parameters"), limits)  # first: cheap, and decoding images is not
     examples, is_batch = parse_inputs(data["inputs"])
-    return examples, is_batch, parse_parameters(data.get("parameters"))
+    return examples, is_batch, arguments
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -182,6 +261,9 @@ def parse_request(data: Any) -> tuple[list[str | dict[str, Any]], bool, dict[str
 class EndpointHandler:
     """The Inference Endpoints entry point: the `multimodal-ner` pipeline of the model folder behind a JSON API.
 
+    Requests are parsed and checked concurrently; the model calls run one at a time (a lock), so the handler can be
+    called from several threads.
+
     Args:
         path (`str`, *optional*): the model folder (the endpoint passes its repository copy); defaults to the folder
             of this file.
@@ -191,11 +273,21 @@ class EndpointHandler:
         folder = os.fspath(path) or os.path.dirname(os.path.abspath(__file__))
         device = 0 if torch.cuda.is_available() else -1
         self.pipeline = pipeline(TASK, model=folder, trust_remote_code=True, device=device)
+        special = self.pipeline.processor.tokenizer.num_special_tokens_to_add()
+        self.limits = RequestLimits(min_max_length=special + 1, max_max_length=self.pipeline.window(False))
+        self.reads_images = self.pipeline.processor.image_scorer.vision is not None
+        self._model_lock = threading.Lock()
 
     def __call__(self, data: dict[str, Any]) -> list:
         """Entities of the request's inputs (see the module docstring for the body and the response)."""
-        examples, is_batch, arguments = parse_request(data)
-        outputs = self.pipeline(examples, **arguments)
+        examples, is_batch, arguments = parse_request(data, self.limits)
+        if not self.reads_images:
+            for index, example in enumerate(examples):
+                if isinstance(example, dict):
+                    field = f"inputs[{index}].image" if is_batch else "inputs.image"
+                    raise BadRequestError(f"{field}: this model is text-only (no CLIP image tower); send no image")
+        with self._model_lock:
+            outputs = self.pipeline(examples, **arguments)
         return outputs if is_batch else outputs[0]
 
 
@@ -204,16 +296,57 @@ class EndpointHandler:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def request_handler_class(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandler]:
-    """An `http.server` request handler that POSTs JSON bodies to `endpoint`, as Inference Endpoints does."""
+class HTTPError(Exception):
+    """An answer other than 200, with its status and message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def read_json_body(headers, rfile, max_body_bytes: int) -> Any:
+    """The request's JSON body, read with its `Content-Length`; an `HTTPError` says what is wrong with it: 411 for a
+    chunked body or none declared, 400 for a length that is not a byte count, 413 past `max_body_bytes`, 408 when
+    the client stops sending (the socket's timeout), 400 for a body that ends early, is not JSON or nests too deep."""
+    if headers.get("Transfer-Encoding"):
+        raise HTTPError(411, "send the body with a Content-Length (Transfer-Encoding is not supported)")
+    declared = headers.get_all("Content-Length") or []
+    if not declared:
+        raise HTTPError(411, "the request has no Content-Length; send the JSON body with its length")
+    if len(declared) > 1 or not declared[0].strip().isdigit() or not declared[0].strip().isascii():
+        raise HTTPError(400, f"Content-Length {', '.join(declared)!r} is not a byte count")
+    length = int(declared[0])
+    if length > max_body_bytes:
+        raise HTTPError(413, f"the request body has {length} bytes; this server accepts at most {max_body_bytes}")
+    try:
+        body = rfile.read(length)
+    except TimeoutError:
+        raise HTTPError(408, f"the client stopped sending before the {length} bytes of its Content-Length") from None
+    if len(body) < length:
+        raise HTTPError(400, f"the request body ended after {len(body)} of its {length} bytes")
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise HTTPError(400, "the request body is JSON nested too deeply") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise HTTPError(400, f"the request body is not JSON ({error})") from None
+
+
+def request_handler_class(
+    endpoint: EndpointHandler, max_body_bytes: int = MAX_BODY_BYTES, read_timeout: float = READ_TIMEOUT_SECONDS
+) -> type[BaseHTTPRequestHandler]:
+    """An `http.server` request handler that POSTs JSON bodies to `endpoint`, as Inference Endpoints does; each
+    connection's reads time out after `read_timeout` seconds."""
 
     class EndpointRequestHandler(BaseHTTPRequestHandler):
+        timeout = read_timeout  # `StreamRequestHandler` sets it on the connection's socket
+
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             try:
-                data = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                return self.reply(400, {"error": f"the request body is not JSON ({error})"})
+                data = read_json_body(self.headers, self.rfile, max_body_bytes)
+            except HTTPError as error:
+                self.close_connection = True  # the rest of the body, if any, is not read
+                return self.reply(error.status, {"error": str(error)})
             try:
                 return self.reply(200, endpoint(data))
             except BadRequestError as error:
@@ -227,10 +360,50 @@ def request_handler_class(endpoint: EndpointHandler) -> type[BaseHTTPRequestHand
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
     return EndpointRequestHandler
+
+
+class EndpointServer(ThreadingHTTPServer):
+    """`ThreadingHTTPServer` serving at most `max_connections` connections at once (more wait in the listen queue),
+    each in a daemon thread."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address, handler_class, max_connections: int = MAX_CONNECTIONS):
+        super().__init__(address, handler_class)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def positive(kind):
+    """An argparse type: a positive `kind` (int or float)."""
+
+    def convert(text: str):
+        value = kind(text)
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+        return value
+
+    return convert
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,9 +411,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="", help="model folder (default: the folder of this file)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--max_body_bytes", type=positive(int), default=MAX_BODY_BYTES,
+                        help=f"largest request body (default {MAX_BODY_BYTES}); larger ones get 413")  # fmt: skip
+    parser.add_argument("--read_timeout", type=positive(float), default=READ_TIMEOUT_SECONDS,
+                        help=f"seconds a client may stall (default {READ_TIMEOUT_SECONDS:g}); then 408")  # fmt: skip
+    parser.add_argument("--max_connections", type=positive(int), default=MAX_CONNECTIONS,
+                        help=f"connections served at once (default {MAX_CONNECTIONS}); more wait")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    server = HTTPServer((args.host, args.port), request_handler_class(EndpointHandler(args.model)))
+    handler_class = request_handler_class(EndpointHandler(args.model), args.max_body_bytes, args.read_timeout)
+    server = EndpointServer((args.host, args.port), handler_class, args.max_connections)
     print(f"EndpointHandler serving on http://{args.host}:{server.server_port}", flush=True)
     server.serve_forever()
 

@@ -194,8 +194,8 @@ def predict(ner, explainer: PromptExplainer, text: str, image, threshold: float)
     if image is not None and not explainer.available:
         raise gr.Error("This model is text-only: it has no CLIP image tower, leave the image empty.")
     example = text if image is None else {"text": text, "image": image}
-    try:
-        entities = ner(example, threshold=float(threshold))
+    try:  # the pipeline checks the threshold (a number in [0, 1]) and names it
+        entities = ner(example, threshold=threshold)
     except (TypeError, ValueError) as error:
         raise gr.Error(str(error)) from error
     marked = gr.HighlightedText(value=highlighted(text, entities), color_map=mark_colors(entities))

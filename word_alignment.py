@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-__all__ = ["check_tokenizer", "encode_words", "load_tokenizer"]
+__all__ = ["check_tokenizer", "check_tokenizer_file", "encode_words", "load_tokenizer"]
 
 
 def _json_find(node: Any, type_name: str) -> list[dict]:
@@ -54,6 +54,26 @@ def check_tokenizer(tokenizer: Any) -> None:
             "which pre-split words need; load it with "
             "AutoTokenizer.from_pretrained(name, add_prefix_space=True) or pass its name to from_clip"
         )
+
+
+def check_tokenizer_file(path: str | os.PathLike) -> None:
+    """Raise an `OSError` naming `path` unless it is a `tokenizer.json` that a fast tokenizer can be built from: a
+    damaged one would otherwise fail deep in the loader (`KeyError: 'added_tokens'`) without naming the file."""
+    from tokenizers import Tokenizer
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        content = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise OSError(f"{path}: not a readable tokenizer file ({type(err).__name__}: {err})") from err
+    added = content.get("added_tokens") if isinstance(content, dict) else None
+    if not isinstance(added, list) or not all(isinstance(token, dict) and "id" in token for token in added):
+        raise OSError(f"{path}: not a tokenizer file: it has no 'added_tokens' list of tokens with their ids")
+    try:
+        Tokenizer.from_str(text)
+    except Exception as err:  # the Rust library raises its own exception type for any invalid content
+        raise OSError(f"{path}: not a valid tokenizer file ({err})") from err
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, **kwargs) -> PreTrainedTokenizerBase:

@@ -6,6 +6,9 @@
 - `roberta_tokenizer`: a real RoBERTa-style byte-level BPE fast tokenizer trained offline on Python's own docstrings
   plus a few tweet-like sentences.
 - `tiny_processor` / `tiny_roberta_processor`: `PromptMNERProcessor.from_clip` around those.
+- `tiny_backbone`, `clip_config_file`, `twitter_slice` (+ `run_args`), `slice_dataset`: what `run_mner.py` trains on in
+  the tests: a random RoBERTa folder, a tiny CLIP config file, 40/20/20 real Twitter-2015 tweets with generated JPEGs
+  (some missing, one corrupt), and that slice as a `datasets` folder with its images (`mner_hub_dataset`).
 - `model`, `pipe`, `saved_folder`: a tiny random span model on `tiny_roberta_processor` (`tiny_models.tiny_span_model`),
   its `multimodal-ner` pipeline, and the model folder `save_pipeline` writes (model, processor, pipeline, remote code,
   endpoint handler). Shared by every test module; no test changes them.
@@ -15,14 +18,19 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import mner_data
+import mner_hub_dataset
 from mner_demo import TINY_CLIP_CONFIG
+from tiny_models import tiny_roberta
 
 SEED = 1234
 TINY_PROMPT_VOCABULARY = ["person", "location", "organization", "player", "team"]
@@ -197,3 +205,96 @@ def saved_folder(model, tiny_roberta_processor, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("saved_model")
     save_pipeline(model, tiny_roberta_processor, folder)
     return folder
+
+
+# --- a Twitter-2015 slice with generated images, a tiny backbone and CLIP config for run_mner -----------------------
+
+TWITTER2015 = Path(__file__).resolve().parents[2] / "shared" / "data" / "twitter2015"
+SPLIT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory, roberta_tokenizer) -> Path:
+    """A random 2-layer RoBERTa saved with the real byte-level BPE tokenizer of the tests."""
+    folder = tmp_path_factory.mktemp("backbone")
+    tiny_roberta(len(roberta_tokenizer), roberta_tokenizer.pad_token_id, max_positions=128).save_pretrained(folder)
+    roberta_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def clip_config_file(tmp_path_factory, tiny_clip_config) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "clip_config.json"
+    path.write_text(json.dumps(tiny_clip_config))
+    return path
+
+
+def write_slice(source: Path, target: Path, count: int) -> list[str]:
+    """The first `count` tweets of a CoNLL+IMGID file; returns their image ids."""
+    examples = mner_data.read_conll(source)[:count]
+    lines = []
+    for example in examples:
+        lines.append(f"IMGID:{example['image_id']}")
+        lines.extend(f"{token}\t{tag}" for token, tag in zip(example["tokens"], example["tags"]))
+        lines.append("")
+    target.write_text("\n".join(lines) + "\n")
+    return [example["image_id"] for example in examples]
+
+
+@pytest.fixture(scope="session")
+def twitter_slice(tmp_path_factory) -> dict:
+    """40/20/20 real Twitter-2015 tweets; JPEG images drawn for all but every seventh id (missing) and one corrupt."""
+    if not TWITTER2015.is_dir():
+        pytest.skip("../shared/data/twitter2015 is absent")
+    folder = tmp_path_factory.mktemp("twitter2015")
+    image_dir = folder / "images"
+    image_dir.mkdir()
+    ids = []
+    for split, source, count in (("train", "train.txt", 40), ("validation", "valid.txt", 20), ("test", "test.txt", 20)):
+        ids += write_slice(TWITTER2015 / source, folder / source, count)
+    rng = np.random.default_rng(0)
+    missing = set(ids[::7])
+    for image_id in ids:
+        if image_id not in missing:
+            pixels = rng.integers(0, 256, (int(rng.integers(20, 90)), int(rng.integers(20, 90)), 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(image_dir / f"{image_id}.jpg")
+    corrupt = next(i for i in ids if i not in missing)
+    (image_dir / f"{corrupt}.jpg").write_bytes(b"not a jpeg")
+    return {"folder": folder, "image_dir": image_dir, "missing": missing | {corrupt}, "ids": ids}
+
+
+def run_args(twitter_slice, tiny_backbone, clip_config_file, output_dir, *extra) -> list[str]:
+    folder = twitter_slice["folder"]
+    return [
+        "--train_file", str(folder / "train.txt"),
+        "--validation_file", str(folder / "valid.txt"),
+        "--test_file", str(folder / "test.txt"),
+        "--image_dir", str(twitter_slice["image_dir"]),
+        "--model_name_or_path", str(tiny_backbone),
+        "--clip_config", str(clip_config_file),
+        "--num_prompts", "4",
+        "--max_span_length", "4",
+        "--max_length", "64",
+        "--num_train_epochs", "2",
+        "--per_device_train_batch_size", "8",
+        "--learning_rate", "5e-4",
+        "--output_dir", str(output_dir),
+        "--cache_dir", str(Path(output_dir).parent / "cache"),
+        *extra,
+    ]  # fmt: skip
+
+
+def slice_files(twitter_slice) -> dict[str, Path]:
+    return {split: twitter_slice["folder"] / name for split, name in SPLIT_FILES.items()}
+
+
+@pytest.fixture(scope="session")
+def slice_dataset(twitter_slice, tmp_path_factory):
+    """The slice written as a dataset folder by the library, with its report."""
+    files = slice_files(twitter_slice)
+    dataset, report = mner_hub_dataset.build_dataset(files, twitter_slice["image_dir"],
+                                                     cache_dir=tmp_path_factory.mktemp("tables"))  # fmt: skip
+    names = dataset["train"].features["ner_tags"].feature.names
+    folder = tmp_path_factory.mktemp("hub") / "twitter2015_slice"
+    mner_hub_dataset.write_dataset_folder(dataset, mner_hub_dataset.dataset_card(None, files, report, names), folder)
+    return {"folder": folder, "report": report, "files": files}

@@ -82,7 +82,7 @@ def test_readme_layout_names_every_module_of_the_package():
     """setup.cfg's `py_modules` is the one list of the package's modules; README's layout table names each of them,
     and nothing else that looks like a module of ours."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = text[text.index("| file | what |") : text.index(f"\n\n", text.index("| file | what |"))]
+    table = text[text.index("| file | what |") : text.index("\n\n", text.index("| file | what |"))]
     rows = [row.split("|")[1] for row in table.splitlines()[2:]]  # the file column: `handler.py` is a copy's name
     named = {name[: -len(".py")] for row in rows for name in re.findall(r"`(\w+\.py)`", row)}
     assert named == set(PROJECT_MODULES), f"README's table: {sorted(named ^ set(PROJECT_MODULES))} differ from setup.cfg"

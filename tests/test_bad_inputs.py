@@ -2,8 +2,9 @@
 the message that must name the culprit (the argument, field, file or line), or the correct result it must give.
 
 One table per entry point: images, the processor call, the processor's construction, the configuration, saved
-folders, the pipeline, span utilities and the CoNLL reader. The command lines (`run_mner.py`, `predict_mner`)
-have their own bad-input tests beside their other tests, since each case there is a subprocess.
+folders, the model call, the pipeline, a line of batch prediction, span utilities and the CoNLL reader. The command
+lines (`run_mner.py`, `predict_mner`) have their own bad-input tests beside their other tests, since each case there
+is a subprocess.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 import mner_data
 import mner_prediction
@@ -27,7 +29,7 @@ import span_utils
 from clip_promptmner import load_image
 from configuration_promptmner import PromptMNERConfig
 from mner_backbone import model_from_backbone
-from modeling_promptmner import PromptMNERForSpanNER
+from modeling_promptmner import PromptMNERForSpanNER, PromptMNERModel
 from pipeline_promptmner import MultimodalNERPipeline, save_pipeline
 from processing_promptmner import PromptMNERProcessor
 from processes import run
@@ -124,6 +126,8 @@ IMAGE_CASES = [
     Case("complex dtype", lambda c: load_image(np.zeros((4, 4), np.complex64)), ValueError, "dtype"),
     Case("not an image type", lambda c: load_image(5), TypeError, "PIL.Image"),
     Case("empty path", lambda c: load_image(""), ValueError, "empty image path"),
+    Case("http URL", lambda c: load_image("http://example.com/tweet.jpg"), ValueError,
+         "image 'http://example.com/tweet.jpg' is a URL: URLs are not fetched"),  # fmt: skip
     Case("lazily opened truncated image", lambda c: load_image(Image.open(c.truncated)), ValueError,
          "truncated.png"),  # fmt: skip
     Case("closed image", lambda c: load_image(closed_image(c)), ValueError, "closed"),
@@ -201,6 +205,12 @@ CALL_CASES = [
          "text holds a lone surrogate U+D800 at character 2, which UTF-8 cannot encode"),  # fmt: skip
     Case("batch text with a lone surrogate", lambda c: c.processor(text=[TEXT, "x\udc00"]), ValueError,
          "text[1] holds a lone surrogate U+DC00 at character 1"),  # fmt: skip
+    Case("batch text with an int", lambda c: c.processor(text=[TEXT, TEXT, 5]), TypeError,
+         "text[2] must be a str like the batch's other texts, got int"),  # fmt: skip
+    Case("batch with a missing image", lambda c: c.processor(text=[TEXT, TEXT], images=[c.png, "nowhere.jpg"]),
+         FileNotFoundError, "images[1]: Image file not found: 'nowhere.jpg'"),  # fmt: skip
+    Case("batch with an unreadable image", lambda c: c.processor(text=[TEXT, TEXT], images=[None, c.truncated]),
+         ValueError, "images[1]: Cannot read image file"),  # fmt: skip
     Case(
         "split word with a lone surrogate",
         lambda c: c.processor(text=[["Kevin", "Du\udfffrant"]], is_split_into_words=True),
@@ -235,6 +245,11 @@ CONSTRUCTION_CASES = [
     Case("interpolation", lambda c: processor_with(c, image_interpolation="lanczos"), ValueError, "image_interpolation"),
     Case("clip_logit_scale 0", lambda c: processor_with(c, clip_logit_scale=0), ValueError, "clip_logit_scale"),
     Case("image_std 0", lambda c: processor_with(c, image_std=[0, 1, 1]), ValueError, "image_std"),
+    Case(
+        "a vocabulary spec still works when building one",
+        lambda c: processor_with(c, prompt_vocabulary="task_labels"),
+        check=lambda processor: processor.prompt_vocabulary == ["person", "location", "organization", "miscellaneous"],
+    ),
 ]
 
 TINY_CONFIG = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
@@ -263,6 +278,26 @@ def test_construction(case, ctx):
 
 def corrupt(file: str) -> Callable[[Path], None]:
     return lambda folder: (folder / file).write_bytes(b"\x00garbage, not the file it claims to be")
+
+
+def drop_tensors(prefix: str) -> Callable[[Path], None]:
+    """Remove the tensors whose names start with `prefix` from the folder's `model.safetensors`."""
+
+    def damage(folder: Path) -> None:
+        weights = load_file(folder / "model.safetensors")
+        save_file({name: tensor for name, tensor in weights.items() if not name.startswith(prefix)},
+                  folder / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+
+    return damage
+
+
+def drop_json_key(file: str, key: str) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        data = json.loads((folder / file).read_text())
+        del data[key]
+        (folder / file).write_text(json.dumps(data))
+
+    return damage
 
 
 def remove_tokenizer_files(folder: Path) -> None:
@@ -331,6 +366,70 @@ FOLDER_CASES = [
         "max_span_length",
     ),
     Case(
+        "config.json with a layer more than the weights",
+        lambda c: PromptMNERForSpanNER.from_pretrained(c.edited_json("more_layers", "config.json",
+                                                                     num_hidden_layers=3)),  # fmt: skip
+        ValueError,
+        "more_layers/model.safetensors: the weights do not match the model that config.json describes; 22 tensors "
+        "of the model are not in the file: promptmner.encoder.layer.2.",
+    ),
+    Case(
+        "config.json with a layer less than the weights",
+        lambda c: PromptMNERForSpanNER.from_pretrained(c.edited_json("fewer_layers", "config.json",
+                                                                     num_hidden_layers=1)),  # fmt: skip
+        ValueError,
+        "tensors of the file have no place in the model: promptmner.encoder.layer.1.",
+    ),
+    Case(
+        "weights without the span classifier",
+        lambda c: PromptMNERForSpanNER.from_pretrained(
+            c.damaged_copy("no_classifier", drop_tensors("span_head.classifier."))
+        ),
+        ValueError,
+        "no_classifier/model.safetensors: the weights do not match the model that config.json describes; 2 tensors "
+        "of the model are not in the file: span_head.classifier.bias, span_head.classifier.weight",
+    ),
+    Case(
+        "config.json with another intermediate size",
+        lambda c: PromptMNERForSpanNER.from_pretrained(c.edited_json("wider", "config.json", intermediate_size=38)),
+        ValueError,
+        "6 tensors have another shape: promptmner.encoder.layer.0.intermediate.dense.bias is (37,) in the file but "
+        "(38,) in the model",
+    ),
+    Case(
+        "the encoder alone loads from a span model's folder",
+        lambda c: PromptMNERModel.from_pretrained(c.folder),
+        check=lambda model: type(model).__name__ == "PromptMNERModel",
+    ),
+    Case(
+        "prompt_vocabulary as a file path outside the folder",
+        lambda c: PromptMNERProcessor.from_pretrained(c.edited_json("vocab_file", "processor_config.json",
+                                                                    prompt_vocabulary=str(c.text_file))),
+        ValueError,
+        "vocab_file/processor_config.json: prompt_vocabulary must be the list of words the processor carries, got str",
+    ),  # fmt: skip
+    Case(
+        "prompt_vocabulary as a vocabulary name",
+        lambda c: PromptMNERProcessor.from_pretrained(c.edited_json("vocab_name", "processor_config.json",
+                                                                    prompt_vocabulary="kb")),
+        ValueError,
+        "processor_config.json: prompt_vocabulary must be the list of words",
+    ),  # fmt: skip
+    Case(
+        "tokenizer.json without added_tokens",
+        lambda c: PromptMNERProcessor.from_pretrained(c.damaged_copy("no_added_tokens", drop_json_key("tokenizer.json",
+                                                                                                     "added_tokens"))),
+        OSError,
+        "no_added_tokens/tokenizer.json: not a tokenizer file: it has no 'added_tokens' list",
+    ),  # fmt: skip
+    Case(
+        "tokenizer.json with an unknown model",
+        lambda c: PromptMNERProcessor.from_pretrained(c.edited_json("bogus_tokenizer", "tokenizer.json",
+                                                                    model={"type": "Bogus"})),
+        OSError,
+        "bogus_tokenizer/tokenizer.json: not a valid tokenizer file",
+    ),  # fmt: skip
+    Case(
         "the folder loads back",
         lambda c: PromptMNERProcessor.from_pretrained(c.folder),
         check=lambda processor: processor.max_span_length == 4 and processor.image_scorer.vision is not None,
@@ -340,6 +439,44 @@ FOLDER_CASES = [
 
 @pytest.mark.parametrize("case", params(FOLDER_CASES))
 def test_saved_folders(case, ctx):
+    assert_case(case, ctx)
+
+
+# --- the model call ---------------------------------------------------------------------------------------------
+
+
+def model_call(ctx, **changes) -> Any:
+    """The model on a batch of two examples (with images), `changes` replacing some of its tensors."""
+    batch = dict(ctx.processor(text=[TEXT, TEXT + " today"], images=[ctx.png, None], tags=[TAGS, TAGS + ["O"]]))
+    return ctx.model(**{**batch, **{name: change(batch) for name, change in changes.items()}})
+
+
+MODEL_CASES = [
+    Case("attention_mask of batch 1 for input_ids of batch 2",
+         lambda c: model_call(c, attention_mask=lambda b: b["attention_mask"][:1]), ValueError,
+         "attention_mask has shape (1, 23) but input_ids has shape (2, 23)"),  # fmt: skip
+    Case("attention_mask shorter than input_ids",
+         lambda c: model_call(c, attention_mask=lambda b: b["attention_mask"][:, :-1]), ValueError,
+         "attention_mask has shape (2, 22) but input_ids has shape (2, 23)"),  # fmt: skip
+    Case("image_embeds of batch 1", lambda c: model_call(c, image_embeds=lambda b: b["image_embeds"][:1]),
+         ValueError, "image_embeds has shape (1, 32) but input_ids has shape (2, 23): expected (2, 32)"),  # fmt: skip
+    Case("has_image of batch 3", lambda c: model_call(c, has_image=lambda b: torch.ones(3, dtype=torch.bool)),
+         ValueError, "has_image has shape (3,) but input_ids has shape (2, 23)"),  # fmt: skip
+    Case("word_end_index of another length",
+         lambda c: model_call(c, word_end_index=lambda b: b["word_end_index"][:, :-1]), ValueError,
+         "word_end_index has shape (2, 4) but word_start_index has shape (2, 5)"),  # fmt: skip
+    Case("word_start_index of batch 1",
+         lambda c: model_call(c, word_start_index=lambda b: b["word_start_index"][:1]), ValueError,
+         "word_start_index has shape (1, 5) but input_ids has shape (2, 23)"),  # fmt: skip
+    Case("labels of another span length", lambda c: model_call(c, labels=lambda b: b["labels"][:, :, :2]),
+         ValueError,
+         "labels has shape (2, 5, 2) but word_start_index has shape (2, 5): expected (2, 5, 4)"),  # fmt: skip
+    Case("a consistent batch gives a loss", lambda c: model_call(c), check=lambda out: bool(torch.isfinite(out.loss))),
+]
+
+
+@pytest.mark.parametrize("case", params(MODEL_CASES))
+def test_model_call(case, ctx):
     assert_case(case, ctx)
 
 
@@ -360,6 +497,26 @@ PIPELINE_CASES = [
          "input 'text' holds a lone surrogate U+D800 at character 2, which UTF-8 cannot encode"),  # fmt: skip
     Case("string input with a lone surrogate", lambda c: c.pipe("x\udfff y"), ValueError,
          "input text holds a lone surrogate U+DFFF at character 1"),  # fmt: skip
+    Case("threshold True", lambda c: c.pipe(TEXT, threshold=True), ValueError,
+         "threshold must be a number in [0, 1] (a label probability), got True"),  # fmt: skip
+    Case("threshold 'high'", lambda c: c.pipe(TEXT, threshold="high"), ValueError,
+         "threshold must be a number in [0, 1] (a label probability), got 'high'"),  # fmt: skip
+    Case("threshold None", lambda c: c.pipe(TEXT, threshold=None), ValueError,
+         "threshold must be a number in [0, 1] (a label probability), got None"),  # fmt: skip
+    Case("threshold NaN", lambda c: c.pipe(TEXT, threshold=float("nan")), ValueError, "threshold must be a number"),
+    Case("batch with an int", lambda c: c.pipe([TEXT, TEXT, 5]), TypeError,
+         "inputs[2]: an input must be a string or a dict with 'text' and optionally 'image', got int"),  # fmt: skip
+    Case("batch with an input without text", lambda c: c.pipe([TEXT, {"image": None}]), ValueError,
+         "inputs[1]: input 'text' must be a string, got NoneType"),  # fmt: skip
+    Case("batch with a lone surrogate", lambda c: c.pipe([TEXT, TEXT, "x \ud800"]), ValueError,
+         "inputs[2]: input text holds a lone surrogate U+D800 at character 2"),  # fmt: skip
+    Case("batch with a missing image", lambda c: c.pipe([TEXT, {"text": TEXT, "image": str(c.tmp / "gone.jpg")}]),
+         FileNotFoundError, "inputs[1]: Image file not found: '{tmp}/gone.jpg'"),  # fmt: skip
+    Case("batch with an unknown key", lambda c: c.pipe([TEXT, {"text": TEXT, "img": "a.png"}]), ValueError,
+         "inputs[1]: unknown input keys ['img']"),  # fmt: skip
+    Case("image URL", lambda c: c.pipe({"text": TEXT, "image": "https://example.com/a.png"}), ValueError,
+         "image 'https://example.com/a.png' is a URL: URLs are not fetched"),  # fmt: skip
+    Case("ignore_labels of numbers", lambda c: c.pipe(TEXT, ignore_labels=[1]), ValueError, "ignore_labels"),
     Case("empty list", lambda c: c.pipe([]), check=lambda result: result == []),
     Case("blank text", lambda c: c.pipe("   "), check=lambda result: result == []),
 ]
@@ -400,6 +557,18 @@ LINE_CASES = [
          "gone.png"),  # fmt: skip
     Case("invalid JSON", lambda c: parsed(c, '{"id": "a", "text": "broken'), ValueError,
          "id=None ValueError: invalid JSON"),  # fmt: skip
+    Case("unknown key, as the pipeline and the handler refuse it", lambda c: parsed(c, {"id": 4, "text": TEXT,
+         "img": "a.png"}), ValueError, "id=4 ValueError: unknown keys ['img']; a line has 'text'"),  # fmt: skip
+    Case("id NaN", lambda c: parsed(c, '{"id": NaN, "text": "x"}'), ValueError,
+         "id=None ValueError: 'id' is NaN, which standard JSON cannot hold"),  # fmt: skip
+    Case("id 1e400", lambda c: parsed(c, '{"id": 1e400, "text": "x"}'), ValueError,
+         "id=None ValueError: 'id' is Infinity, which standard JSON cannot hold"),  # fmt: skip
+    Case("nested id -Infinity", lambda c: parsed(c, '{"id": {"n": [1, -Infinity]}, "text": "x"}'), ValueError,
+         "id=None ValueError: 'id'['n'][1] is -Infinity"),  # fmt: skip
+    Case("NaN id of a line bad otherwise", lambda c: parsed(c, '{"id": NaN, "text": 3}'), ValueError,
+         "id=None ValueError: 'id' is NaN"),  # fmt: skip
+    Case("image URL", lambda c: parsed(c, {"id": 6, "text": TEXT, "image": "https://example.com/a.png"}),
+         ValueError, "id=6 ValueError: image 'https://example.com/a.png' is a URL"),  # fmt: skip
     Case(
         "an escaped surrogate pair is one character, not an error",
         lambda c: parsed(c, '{"id": "\\ud83d\\ude00", "text": "hi \\ud83d\\ude00"}'),
@@ -453,8 +622,8 @@ def test_data(case, ctx):
 
 def test_case_count():
     """At least 60 cases across the tables: every part that takes outside input has its bad cases here."""
-    tables = [IMAGE_CASES, CALL_CASES, CONSTRUCTION_CASES, CONFIG_CASES, FOLDER_CASES, PIPELINE_CASES, LINE_CASES,
-              DATA_CASES]
+    tables = [IMAGE_CASES, CALL_CASES, CONSTRUCTION_CASES, CONFIG_CASES, FOLDER_CASES, MODEL_CASES, PIPELINE_CASES,
+              LINE_CASES, DATA_CASES]
     assert sum(map(len, tables)) >= 60
 
 

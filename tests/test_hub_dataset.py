@@ -13,7 +13,7 @@ from pathlib import Path
 import datasets
 import pytest
 from huggingface_hub import DatasetCard
-from test_run_mner import TWITTER2015, clip_config_file, run_args, tiny_backbone, twitter_slice  # noqa: F401
+from conftest import SPLIT_FILES, TWITTER2015, run_args
 
 import mner_data
 import mner_embedding_cache
@@ -21,26 +21,7 @@ import mner_hub_dataset
 from processes import launch_run_mner, run
 from span_utils import bio_to_spans
 
-SPLITS = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
-
-
-def slice_files(twitter_slice) -> dict[str, Path]:  # noqa: F811
-    return {split: twitter_slice["folder"] / name for split, name in SPLITS.items()}
-
-
-@pytest.fixture(scope="module")
-def slice_dataset(twitter_slice, tmp_path_factory):  # noqa: F811
-    """The slice written as a dataset folder by the library, with its report."""
-    files = slice_files(twitter_slice)
-    dataset, report = mner_hub_dataset.build_dataset(files, twitter_slice["image_dir"],
-                                                     cache_dir=tmp_path_factory.mktemp("tables"))  # fmt: skip
-    names = dataset["train"].features["ner_tags"].feature.names
-    folder = tmp_path_factory.mktemp("hub") / "twitter2015_slice"
-    mner_hub_dataset.write_dataset_folder(dataset, mner_hub_dataset.dataset_card(None, files, report, names), folder)
-    return {"folder": folder, "report": report, "files": files}
-
-
-def test_rows_carry_the_files_tokens_tags_and_image_bytes(twitter_slice, slice_dataset, tmp_path):  # noqa: F811
+def test_rows_carry_the_files_tokens_tags_and_image_bytes(twitter_slice, slice_dataset, tmp_path):
     """Each row is the CoNLL example: its id, IMGID, words, tags (ClassLabel ids of the BIO names) and the image file's
     bytes unchanged, or None where the file is missing or cannot be decoded, as the report counts."""
     loaded = datasets.load_dataset(str(slice_dataset["folder"]), cache_dir=str(tmp_path / "cache"))
@@ -71,7 +52,7 @@ def test_rows_carry_the_files_tokens_tags_and_image_bytes(twitter_slice, slice_d
 
 
 def test_hf_dataset_gives_the_conll_examples_and_image_embeddings(twitter_slice, slice_dataset, tiny_processor,
-                                                                   tmp_path):  # noqa: F811
+                                                                   tmp_path):
     """`mner_data.load_hf_dataset(<folder>)` (what `--hf_dataset` reads) gives the CoNLL reader's ids, tokens and
     tags, and the image-embedding cache gives the same embeddings, bit for bit, and the same text-only examples."""
     files = slice_dataset["files"]
@@ -121,7 +102,7 @@ def test_bad_commands_are_named_before_any_work(case, arguments, message, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_a_full_output_folder_is_kept_unless_overwritten(twitter_slice, tmp_path, capsys):  # noqa: F811
+def test_a_full_output_folder_is_kept_unless_overwritten(twitter_slice, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
     arguments = ["--train_file", str(twitter_slice["folder"] / "train.txt"), "--output_dir", str(tmp_path / "out")]
@@ -144,7 +125,7 @@ def test_command_on_the_twitter2015_text(tmp_path):
                   "--output_dir", str(output)], cwd=tmp_path)  # fmt: skip
     loaded = datasets.load_dataset(str(output), cache_dir=str(tmp_path / "cache"))
     assert {split: len(part) for split, part in loaded.items()} == {"train": 4000, "validation": 1000, "test": 3257}
-    for split, name in SPLITS.items():
+    for split, name in SPLIT_FILES.items():
         examples = mner_data.read_conll(TWITTER2015 / name)
         entities = Counter(span[2] for example in examples for span in bio_to_spans(example["tags"]))
         assert f"{split}: {len(examples)} tweets, {sum(entities.values())} entities {dict(sorted(entities.items()))}, " \
@@ -157,7 +138,7 @@ def test_command_on_the_twitter2015_text(tmp_path):
 
 @pytest.mark.slow
 def test_run_mner_trains_on_the_dataset_as_on_the_conll_files(twitter_slice, slice_dataset, tiny_backbone,
-                                                               clip_config_file, tmp_path):  # noqa: F811
+                                                               clip_config_file, tmp_path):
     """`--hf_dataset <folder>` and the CoNLL files with their image folder: the same image report, per-step losses,
     dev and test scores and predictions files."""
     steps = ("--max_train_steps", "3", "--num_train_epochs", "1")

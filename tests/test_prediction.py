@@ -222,6 +222,57 @@ def test_bad_arguments_are_named_before_anything_is_opened(tmp_path, monkeypatch
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
 
 
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--device", "cuda:99"], "--device cuda:99: this machine has"),
+        (["--device", "gpu0"], "--device gpu0: not a device name"),
+        (["--model", "./no_such_model"], "--model ./no_such_model: the folder does not exist"),
+        (["--model", "{tmp}/gone/model"], "--model {tmp}/gone/model: the folder does not exist"),
+    ],
+)
+def test_command_names_a_device_or_model_folder_it_cannot_use(tmp_path, monkeypatch, capsys, arguments, message):
+    """Exit status 2 naming the option, before the model loads: no CUDA error deep in the first batch, no "malformed
+    Hub repo id" for a folder that does not exist."""
+    import predict_mner
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", ['{"text": "a"}'])
+    (tmp_path / "model").mkdir()
+    argv = ["--model", "model", "--input", "in.jsonl", "--output", "out.jsonl"]
+    argv += [argument.format(tmp=tmp_path) for argument in arguments]
+    with pytest.raises(SystemExit) as exit_info:
+        predict_mner.parse_args(argv)
+    assert exit_info.value.code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_second_command_on_the_same_output_is_refused_then_a_killed_runs_lock_is_taken_over(
+    saved_folder, posts, image_dir, reference, tmp_path
+):
+    """`promptmner-predict` twice on one output: the second exits with 2 at once, naming the first one's pid (not a
+    crash at its end, nor "an interrupted run left ..."). The first is then killed (kill -9): its lock file stays,
+    naming a process that is gone, and `--resume` takes it over and finishes the same file as an uninterrupted run."""
+    target = tmp_path / "entities.jsonl"
+    partial, lock = mner_prediction.partial_path(target), mner_prediction.lock_path(target)
+    with open(tmp_path / "first.txt", "w") as log:
+        first = subprocess.Popen(command(saved_folder, posts, target, image_dir), cwd=tmp_path, env=child_env(),
+                                 stdout=log, stderr=log, start_new_session=True)  # fmt: skip
+        try:
+            while first.poll() is None and not (partial.exists() and partial.read_bytes().count(b"\n") >= 4):
+                time.sleep(0.01)
+            os.killpg(first.pid, signal.SIGSTOP)  # a live run that holds the output, frozen there for the test
+            second = run_command(command(saved_folder, posts, target, image_dir), cwd=tmp_path, expect=2)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert f"--output {target} is being written by another run (pid {first.pid} on " in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    assert lock.read_text().startswith(f"pid {first.pid} on ") and not target.exists()
+    run_command(command(saved_folder, posts, target, image_dir, "--resume"), cwd=tmp_path)
+    assert target.read_bytes() == reference and not lock.exists()
+
+
 @pytest.mark.slow
 def test_command_refuses_its_input_as_output_with_exit_status_2(saved_folder, posts, image_dir, tmp_path):
     link = tmp_path / "link.jsonl"
@@ -407,6 +458,88 @@ def test_interrupted_run_keeps_finished_blocks_and_resumes(pipe, tmp_path):
     write_jsonl(source, [json.dumps({"text": text}) for text in TWEET_SENTENCES[:6]])  # the input changed
     with pytest.raises(ValueError, match="input_bytes was"):
         predict_file(pipe, PredictionJob(source, target, model="tiny", batch_size=2, resume=True))
+
+
+def interrupted_run(pipe, source: Path, target: Path, crash_at: int = 3, **job) -> None:
+    """A run of `source` into `target` whose pipeline raises KeyboardInterrupt at its `crash_at`-th block."""
+    calls = []
+
+    def crashing_pipe(inputs, **kwargs):
+        calls.append(len(inputs))
+        if len(calls) == crash_at:
+            raise KeyboardInterrupt
+        return pipe(inputs, **kwargs)
+
+    crashing_pipe.processor = pipe.processor
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(crashing_pipe, PredictionJob(source, target, model="tiny", batch_size=2, num_workers=0, **job))
+
+
+def test_resume_refuses_an_input_edited_in_the_lines_it_keeps(pipe, tmp_path):
+    """An edit that keeps the input's size (the first check) is found by the digests of the lines done: `--resume`
+    names the first edited line and changes nothing; an edit after them resumes to the edited input's output."""
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [json.dumps({"id": index, "text": text}) for index, text in enumerate(TWEET_SENTENCES[:7])]
+    write_jsonl(source, lines)
+    interrupted_run(pipe, source, target)  # blocks of lines 1-2 and 3-4 done
+    partial, state = mner_prediction.partial_path(target), mner_prediction.state_path(target)
+    assert [r["line"] for r in read_records(partial)] == [1, 2, 3, 4]
+    assert len(state.read_text().splitlines()) == 1 + 4  # the settings, then one digest per record
+
+    edited = lines.copy()
+    edited[2] = edited[2].replace("Manchester", "Manchestre")  # same size, line 3 done
+    write_jsonl(source, edited)
+    before = {path: path.read_bytes() for path in (partial, state)}
+    with pytest.raises(mner_prediction.RefusedError, match=r"--resume: line 3 of --input \S*in.jsonl is not what it was"):
+        predict_file(pipe, PredictionJob(source, target, model="tiny", batch_size=2, resume=True))
+    assert {path: path.read_bytes() for path in (partial, state)} == before
+
+    edited = lines.copy()
+    edited[5] = edited[5].replace("Apple", "Appel")  # same size, line 6 not done yet
+    write_jsonl(source, edited)
+    with open(state, "ab") as handle:  # a kill between a round's digests and its records leaves digests ahead
+        handle.write(b'[5, "0123456789abcdef"]\n')
+    predict_file(pipe, PredictionJob(source, target, model="tiny", batch_size=2, resume=True))
+    uninterrupted = tmp_path / "uninterrupted.jsonl"
+    predict_file(pipe, PredictionJob(source, uninterrupted, model="tiny", batch_size=2))
+    assert target.read_bytes() == uninterrupted.read_bytes()
+    assert not list(tmp_path.glob("out.jsonl.*")), "the partial file, its state and the lock are gone"
+
+
+def test_a_second_run_on_the_same_output_is_refused_at_its_start(pipe, tmp_path):
+    """While a run holds `<output>.lock`, another run writing that output is refused before it opens anything,
+    naming the first one's pid; a lock left by a killed run (no process holds it) is taken over."""
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(source, [json.dumps({"text": text}) for text in TWEET_SENTENCES[:3]])
+    lock = mner_prediction.OutputLock(target).acquire()  # as the main process of a live run holds it
+    try:
+        with pytest.raises(mner_prediction.RefusedError, match=rf"--output \S*out.jsonl is being written by another "
+                           rf"run \(pid {os.getpid()} on \S+, started [^;]+; lock file \S*out.jsonl.lock\)"):
+            predict_file(pipe, PredictionJob(source, target, batch_size=2))
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl.lock"]
+    finally:
+        lock.release()
+    mner_prediction.lock_path(target).write_text("pid 999999 on a-host, started 2026-01-01 00:00:00\n")  # stale
+    counts = predict_file(pipe, PredictionJob(source, target, batch_size=2))
+    assert counts["ok"] == 3 and not mner_prediction.lock_path(target).exists()
+
+
+def strict_json(line: str):
+    """`json.loads` that refuses NaN and Infinity, as standard JSON parsers do."""
+    return json.loads(line, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}: {line}"))
+
+
+def test_output_is_standard_json_and_unknown_keys_are_errors(pipe, tmp_path):
+    """A NaN or 1e400 id and an unknown key make error records naming them; every output line is standard JSON."""
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(source, ['{"id": NaN, "text": "a"}', '{"id": 1e400, "text": "b"}', '{"id": [1, -Infinity], "text": 3}',
+                         json.dumps({"id": "k", "text": "c", "img": "a.png"}), json.dumps({"id": 1.5, "text": "d"})])
+    predict_file(pipe, PredictionJob(source, target, batch_size=2, num_workers=0))
+    records = [strict_json(line) for line in target.read_text().splitlines()]
+    assert [r.get("id") for r in records] == [None, None, None, "k", 1.5]
+    assert records[0]["error"] == "ValueError: 'id' is NaN, which standard JSON cannot hold; give a number or a text"
+    assert "'id' is Infinity" in records[1]["error"] and "'id'[1] is -Infinity" in records[2]["error"]
+    assert records[3]["error"].startswith("ValueError: unknown keys ['img']") and "entities" in records[4]
 
 
 def test_partial_output_keeps_its_complete_blocks_only(tmp_path):

@@ -1,6 +1,7 @@
 """run_mner.py end to end (real files, real subprocesses, real `accelerate launch`) and the training modules it runs
 on (arguments, input checks, embedding cache, optimizer, checkpoints, model card)."""
 
+import dataclasses
 import inspect
 import json
 import os
@@ -25,62 +26,11 @@ import mner_model_card
 import mner_run_inputs
 import mner_training
 from processes import REPO_ROOT, launch_run_mner, run, run_python
-from tiny_models import tiny_roberta
+from conftest import run_args
 
-TWITTER2015 = REPO_ROOT.parent / "shared" / "data" / "twitter2015"
 
 
 # --- fixtures: a tiny backbone, a tiny CLIP config, a small Twitter-2015 slice with generated images ---------
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory, roberta_tokenizer) -> Path:
-    """A random 2-layer RoBERTa saved with the real byte-level BPE tokenizer of the tests."""
-    folder = tmp_path_factory.mktemp("backbone")
-    tiny_roberta(len(roberta_tokenizer), roberta_tokenizer.pad_token_id, max_positions=128).save_pretrained(folder)
-    roberta_tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def clip_config_file(tmp_path_factory, tiny_clip_config) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip_config.json"
-    path.write_text(json.dumps(tiny_clip_config))
-    return path
-
-
-def write_slice(source: Path, target: Path, count: int) -> list[str]:
-    """The first `count` tweets of a CoNLL+IMGID file; returns their image ids."""
-    examples = mner_data.read_conll(source)[:count]
-    lines = []
-    for example in examples:
-        lines.append(f"IMGID:{example['image_id']}")
-        lines.extend(f"{token}\t{tag}" for token, tag in zip(example["tokens"], example["tags"]))
-        lines.append("")
-    target.write_text("\n".join(lines) + "\n")
-    return [example["image_id"] for example in examples]
-
-
-@pytest.fixture(scope="module")
-def twitter_slice(tmp_path_factory) -> dict:
-    """40/20/20 real Twitter-2015 tweets; JPEG images drawn for all but every seventh id (missing) and one corrupt."""
-    if not TWITTER2015.is_dir():
-        pytest.skip("../shared/data/twitter2015 is absent")
-    folder = tmp_path_factory.mktemp("twitter2015")
-    image_dir = folder / "images"
-    image_dir.mkdir()
-    ids = []
-    for split, source, count in (("train", "train.txt", 40), ("validation", "valid.txt", 20), ("test", "test.txt", 20)):
-        ids += write_slice(TWITTER2015 / source, folder / source, count)
-    rng = np.random.default_rng(0)
-    missing = set(ids[::7])
-    for image_id in ids:
-        if image_id not in missing:
-            pixels = rng.integers(0, 256, (int(rng.integers(20, 90)), int(rng.integers(20, 90)), 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(image_dir / f"{image_id}.jpg")
-    corrupt = next(i for i in ids if i not in missing)
-    (image_dir / f"{corrupt}.jpg").write_bytes(b"not a jpeg")
-    return {"folder": folder, "image_dir": image_dir, "missing": missing | {corrupt}, "ids": ids}
 
 
 def seqeval_f1_of_conll(path: Path) -> float:
@@ -89,27 +39,6 @@ def seqeval_f1_of_conll(path: Path) -> float:
 
     sentences = [[line.split(" ") for line in block.splitlines()] for block in path.read_text().strip().split("\n\n")]
     return f1_score([[row[1] for row in rows] for rows in sentences], [[row[2] for row in rows] for rows in sentences])
-
-
-def run_args(twitter_slice, tiny_backbone, clip_config_file, output_dir, *extra) -> list[str]:
-    folder = twitter_slice["folder"]
-    return [
-        "--train_file", str(folder / "train.txt"),
-        "--validation_file", str(folder / "valid.txt"),
-        "--test_file", str(folder / "test.txt"),
-        "--image_dir", str(twitter_slice["image_dir"]),
-        "--model_name_or_path", str(tiny_backbone),
-        "--clip_config", str(clip_config_file),
-        "--num_prompts", "4",
-        "--max_span_length", "4",
-        "--max_length", "64",
-        "--num_train_epochs", "2",
-        "--per_device_train_batch_size", "8",
-        "--learning_rate", "5e-4",
-        "--output_dir", str(output_dir),
-        "--cache_dir", str(Path(output_dir).parent / "cache"),
-        *extra,
-    ]  # fmt: skip
 
 
 # --- arguments and inputs: each bad value is a ValueError naming its option or file, before any data work -----
@@ -151,6 +80,25 @@ ARGUMENT_CASES = [
 def test_bad_arguments_are_named(case, arguments, error, fragment):
     with pytest.raises(error, match=fragment):
         mner_arguments.RunArguments(**{"train_file": "a.txt", "validation_file": "b.txt", **arguments})
+
+
+FLOAT_SETTINGS = [item.name for item in dataclasses.fields(mner_arguments.RunArguments)
+                  if item.init and "float" in str(item.type)]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+def test_every_float_setting_must_be_finite(name, value):
+    """`--learning_rate inf` trained on NaN losses and exited 0: every float option refuses inf and nan by name."""
+    with pytest.raises(ValueError, match=rf"^--{name} must be (positive|a finite number|>= 0|in \[0, 1\)), got "):
+        mner_arguments.parse_args(["--train_file", "a.txt", "--validation_file", "b.txt", f"--{name}={value}"])
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step():
+    assert mner_training.check_loss(3, 0.25) == 0.25
+    for loss in (float("nan"), float("inf")):
+        with pytest.raises(mner_training.NonFiniteLossError, match=rf"the training loss of optimizer step 7 is {loss}"):
+            mner_training.check_loss(7, loss)
 
 
 def test_every_setting_is_declared_once_with_its_help():
@@ -224,6 +172,18 @@ class Workspace:
     def resume(self, folder: str, **changes) -> mner_arguments.RunArguments:
         return self.args(resume_from_checkpoint=folder, **changes)
 
+    def training_state(self, *files: str, marked: bool = True) -> mner_arguments.RunArguments:
+        """The arguments of a run with --overwrite_output_dir whose output folder has a training state with `files`
+        (and, if `marked`, the marker run_mner.py writes there)."""
+        state = self.root / "out" / mner_checkpoints.TRAINING_STATE_DIR
+        (state / "checkpoints" / "step_2").mkdir(parents=True)
+        if marked:
+            mner_checkpoints.mark_training_state(state)
+        for name in files:
+            (state / name).parent.mkdir(parents=True, exist_ok=True)
+            (state / name).write_text("a user's file\n")
+        return self.args(overwrite_output_dir=True)
+
 
 # case, the arguments built on the workspace, expected error, fragment naming the culprit (regex)
 INPUT_CASES = [
@@ -255,6 +215,17 @@ INPUT_CASES = [
      r"--max_length 127 plus 0 visual clue tokens need 127 positions"),
     ("output folder not empty", lambda w: (w.file("out", b"") and None) or w.args(output_dir=str(w.root)),
      ValueError, r"--output_dir \S*: the folder is not empty; use --overwrite_output_dir"),
+    ("overwrite a training state that holds a user's file",
+     lambda w: w.training_state("my_labelled_data.txt"), ValueError,
+     r"--overwrite_output_dir would delete \S*/out/training, which holds what run_mner.py did not write: "
+     r"my_labelled_data.txt. Move them out of it, or use another --output_dir"),
+    ("overwrite a training state with a user's file among the checkpoints",
+     lambda w: w.training_state("checkpoints/notes.txt"), ValueError,
+     r"\S*/out/training, which holds what run_mner.py did not write: checkpoints/notes.txt"),
+    ("overwrite a training/ folder run_mner.py did not make",
+     lambda w: w.training_state(marked=False), ValueError,
+     r"\S*/out/training, which holds what run_mner.py did not write \(no promptmner_training_state.json: not a "
+     r"run's\): checkpoints"),
     ("resume latest without checkpoint in a full folder",
      lambda w: w.args(output_dir=str(w.root), resume_from_checkpoint="latest"), ValueError,
      r"not empty and no checkpoint to resume from"),
@@ -287,6 +258,20 @@ def test_bad_inputs_are_named_before_any_data_work(case, build, error, fragment,
         mner_run_inputs.check_run_inputs(build(workspace))
 
 
+def test_overwrite_deletes_the_training_state_run_mner_wrote(workspace):
+    """A marked training state holding only its own entries (a killed save's `.partial` / `.old` too) passes the
+    checks and `clear_previous_run` deletes it, then marks the new run's; nothing else of the folder goes."""
+    args = workspace.training_state()
+    state = Path(args.output_dir) / mner_checkpoints.TRAINING_STATE_DIR
+    for name in ("best_model.old", "logs", "checkpoints/step_4.partial"):
+        (state / name).mkdir(parents=True)
+    (Path(args.output_dir) / "config.json").write_text("{}")
+    mner_run_inputs.check_run_inputs(args)
+    mner_run_inputs.clear_previous_run(args)
+    assert sorted(p.name for p in state.iterdir()) == [mner_checkpoints.TRAINING_STATE_MARKER]
+    assert (Path(args.output_dir) / "config.json").read_text() == "{}"
+
+
 def test_good_inputs_pass_the_checks(workspace):
     mner_run_inputs.check_run_inputs(workspace.args())  # fresh run, absent output folder
     checkpoint = workspace.checkpoint()  # of a run with the workspace's arguments, in its output folder
@@ -314,6 +299,37 @@ def test_script_reports_a_bad_argument_without_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].endswith("--gradient_accumulation_steps must be >= 1, got 0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.txt", "valid.txt"]
+
+
+@pytest.mark.slow
+def test_run_whose_loss_becomes_non_finite_stops_naming_the_step(twitter_slice, tiny_backbone, clip_config_file,
+                                                                 tmp_path):  # fmt: skip
+    """A learning rate that makes the loss NaN or infinite stops the run with exit status 1 and the step, instead of
+    training on and reporting NaN in all_results.json with exit status 0."""
+    output = tmp_path / "out"
+    args = run_args(twitter_slice, tiny_backbone, clip_config_file, output, "--learning_rate", "1e30",
+                    "--max_train_steps", "6")  # fmt: skip
+    result = run([sys.executable, str(REPO_ROOT / "run_mner.py"), *args], tmp_path, expect=1)
+    assert re.search(r"run_mner.py: error: the training loss of optimizer step \d is (nan|inf)", result.stderr), (
+        result.stderr[-3000:]
+    )
+    assert not (output / "all_results.json").exists()
+
+
+@pytest.mark.slow
+def test_overwrite_output_dir_keeps_a_users_training_folder(twitter_slice, tiny_backbone, clip_config_file, tmp_path):
+    """`run_mner.py --overwrite_output_dir` on a folder whose `training/` holds a user's file: exit status 2 naming the
+    folder, and the file (and everything else) stays."""
+    output = tmp_path / "out"
+    (output / "training").mkdir(parents=True)
+    (output / "training" / "my_labelled_data.txt").write_text("Kevin\tB-PER\n")
+    args = run_args(twitter_slice, tiny_backbone, clip_config_file, output, "--overwrite_output_dir")
+    result = run([sys.executable, str(REPO_ROOT / "run_mner.py"), *args], tmp_path, expect=2)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"--overwrite_output_dir would delete {output / 'training'}, which holds what run_mner.py" in result.stderr
+    assert [p.relative_to(output).as_posix() for p in output.rglob("*")] == [
+        "training", "training/my_labelled_data.txt"
+    ]  # fmt: skip
 
 
 # --- the optimizer -------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import io
 import json
 import re
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -33,6 +35,7 @@ from PIL import Image
 import mner_model_card
 import mner_serving
 import promptmner_space
+from conftest import TWEET_SENTENCES
 from processes import PROJECT_MODULES, child_env, run_python, start, stop, wait_for_server
 from mner_arguments import RunArguments
 from mner_backbone import model_from_backbone
@@ -140,6 +143,13 @@ def request_bodies(images: dict[str, Path]) -> dict[str, dict]:
     }
 
 
+def huge_png() -> str:
+    """A 6000x5000 PNG (30 megapixels, a few KB of base64): past the handler's pixel bound."""
+    buffer = io.BytesIO()
+    Image.new("L", (6000, 5000)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def bad_bodies(images: dict[str, Path]) -> dict[str, object]:
     return {
         "no_inputs": {"parameters": {"threshold": 0.5}},
@@ -155,6 +165,18 @@ def bad_bodies(images: dict[str, Path]) -> dict[str, object]:
         "unknown_parameter": {"inputs": TEXT, "parameters": {"temperature": 2}},
         "bad_aggregation": {"inputs": TEXT, "parameters": {"aggregation_strategy": "mean"}},
         "body_not_an_object": ["inputs", TEXT],
+        # Bounds of what sizes a request's memory or time, each named with its bound.
+        "huge_batch_size": {"inputs": TEXT, "parameters": {"batch_size": 10**9}},
+        "max_length_1": {"inputs": TEXT, "parameters": {"max_length": 1}},
+        "max_length_past_the_window": {"inputs": TEXT, "parameters": {"max_length": 10**6}},
+        "huge_stride": {"inputs": TEXT, "parameters": {"stride": 10**6}},
+        "too_many_ignore_labels": {"inputs": TEXT, "parameters": {"ignore_labels": ["PER"] * 65}},
+        "too_many_inputs": {"inputs": [TEXT] * 33},
+        "text_too_long": {"inputs": [TEXT, "word " * 2001]},
+        "too_many_pixels": {"inputs": [TEXT, {"text": TEXT, "image": huge_png()}]},
+        # Input errors the pipeline would find are found first, naming the field: a 400, never a 500.
+        "lone_surrogate_in_a_batch": {"inputs": [TEXT, OTHER_TEXT, "Kevin \ud800 Durant"]},
+        "lone_surrogate_in_a_text_field": {"inputs": {"text": "\udc00", "image": None}},
     }
 
 
@@ -236,10 +258,20 @@ def test_handler_rejects_bad_requests_naming_the_field(endpoint_results):
         "inputs_wrong_type": r"^inputs must be a string or an object",
         "empty_batch": r"^inputs is an empty list",
         "bad_threshold": r"^parameters\.threshold must be a number in \[0, 1\], got 'high'",
-        "bad_batch_size": r"^parameters\.batch_size must be an integer >= 1, got 0",
+        "bad_batch_size": r"^parameters\.batch_size must be an integer in \[1, 32\], got 0",
         "unknown_parameter": r"^unknown parameters \['temperature'\]",
         "bad_aggregation": r"^parameters\.aggregation_strategy must be one of \['none', 'simple'",
         "body_not_an_object": r"^the request body must be a JSON object",
+        "huge_batch_size": r"^parameters\.batch_size must be an integer in \[1, 32\], got 1000000000$",
+        "max_length_1": r"^parameters\.max_length must be an integer in \[3, \d+\] \(tokens\), got 1$",
+        "max_length_past_the_window": r"^parameters\.max_length must be an integer in \[3, \d+\]",
+        "huge_stride": r"^parameters\.stride must be an integer in \[0, 256\] \(words\), got 1000000$",
+        "too_many_ignore_labels": r"^parameters\.ignore_labels must be a list of at most 64 strings",
+        "too_many_inputs": r"^inputs has 33 examples; at most 32 are accepted per request$",
+        "text_too_long": r"^inputs\[1\] has 10005 characters; at most 10000 are accepted$",
+        "too_many_pixels": r"^inputs\[1\]\.image: the image has 6000x5000 pixels; at most 25000000 are accepted$",
+        "lone_surrogate_in_a_batch": r"^inputs\[2\] holds a lone surrogate U\+D800 at character 6, which UTF-8",
+        "lone_surrogate_in_a_text_field": r"^inputs\.text holds a lone surrogate U\+DC00 at character 0",
     }
     assert set(errors) == set(expected)
     for name, pattern in expected.items():
@@ -249,16 +281,102 @@ def test_handler_rejects_bad_requests_naming_the_field(endpoint_results):
         assert "Traceback" not in message and len(message) < 300
 
 
-def post(port: int, body: bytes) -> tuple[int, object]:
-    """POST `body` as JSON to the local endpoint; `(status, decoded JSON answer)`."""
+def post(port: int, body: bytes, timeout: float = 600) -> tuple[int, object]:
+    """POST `body` as JSON to the local endpoint; `(status, decoded JSON answer)`. A hang is a failure, after
+    `timeout` seconds."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/", data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=600) as response:  # a hang here is a failure
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 600) -> tuple[int, dict]:
+    """Send `data` as is on a new connection; `(status, JSON answer)` of what the server replies before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(data)
+        return read_reply(connection)
+
+
+def read_reply(connection: socket.socket) -> tuple[int, dict]:
+    """The status and JSON body of the HTTP reply on `connection`, read until the server closes it."""
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def served_handler(saved_folder, tmp_path_factory):
+    """`python handler.py` of the saved folder on 127.0.0.1 (reads time out after 15 s): `(port, process)`."""
+    folder = tmp_path_factory.mktemp("served_handler")
+    port, log = free_port(), folder / "handler.log"
+    process = start_blocked(saved_folder, "handler.py", ["--port", str(port), "--read_timeout", "15"], log)
+    try:
+        wait_for_server(process, f"127.0.0.1:{port}", log)
+        yield port, process
+    finally:
+        stop(process)
+
+
+@pytest.mark.slow
+def test_handler_server_answers_everyone_while_a_client_stalls(served_handler, pipe, images):
+    """A client declares 1000 bytes and sends 15, then stalls; 50 concurrent well-formed requests are all answered
+    meanwhile, each with the pipeline's entities (one server thread per connection, the model calls in turn), and the
+    stalled client alone gets a 408 when its read times out."""
+    port, process = served_handler
+    png = b64(images["png"])
+    examples = [
+        {"text": f"{TWEET_SENTENCES[i % len(TWEET_SENTENCES)]} {i}", "image": png if i % 5 == 0 else None}
+        for i in range(50)
+    ]
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=600)
+    head = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    stalled.sendall(head + b'{"inputs": "Kev')  # 15 of the 1000 bytes
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=50) as pool:  # all 50 connections open at once
+        answers = list(pool.map(lambda e: post(port, json.dumps({"inputs": e}).encode(), timeout=300), examples))
+    elapsed = time.monotonic() - started
+    with stalled:
+        stalled_reply = read_reply(stalled)
+    assert process.poll() is None
+    assert [status for status, _ in answers] == [200] * 50
+    image = Image.open(images["png"])
+    expected = pipe([{"text": e["text"], "image": image if e["image"] else None} for e in examples])
+    assert all(same_entities(answer, entities) for (_, answer), entities in zip(answers, expected))
+    assert elapsed < 300, f"50 requests took {elapsed:.0f} s"  # generous: a server that waits on the stall hangs
+    assert stalled_reply[0] == 408 and "stopped sending" in stalled_reply[1]["error"]
+    print(f"50 concurrent requests answered in {elapsed:.1f} s while a client stalled; the stalled one got 408")
+
+
+@pytest.mark.slow
+def test_handler_server_answers_bad_requests_with_their_status(served_handler, pipe):
+    """Each bad request gets an answer naming what is wrong, with its status, never a closed connection or a 500."""
+    port, _ = served_handler
+    request = lambda headers, body=b"": b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"\r\n" + body  # noqa
+    deep = b"[" * 100_000 + b"]" * 100_000
+    body = lambda data: json.dumps(data).encode()  # noqa: E731
+    cases = {
+        "Content-Length abc": (request(b"Content-Length: abc\r\n"), 400, "Content-Length 'abc' is not a byte count"),
+        "no Content-Length": (request(b""), 411, "no Content-Length"),
+        "chunked": (request(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), 411,
+                    "Transfer-Encoding is not supported"),
+        "too large": (request(b"Content-Length: 999999999\r\n"), 413, "at most 16777216"),
+        "100k-deep JSON": (request(b"Content-Length: %d\r\n" % len(deep), deep), 400, "nested too deeply"),
+    }  # fmt: skip
+    for name, (data, status, fragment) in cases.items():
+        answer = raw_exchange(port, data)
+        assert answer[0] == status and fragment in answer[1]["error"], (name, answer)
+    assert post(port, body({"inputs": TEXT, "parameters": {"max_length": 1}})) == (
+        400, {"error": f"parameters.max_length must be an integer in [3, {pipe.window(False)}] (tokens), got 1"}
+    )  # fmt: skip
+    status, answer = post(port, body({"inputs": [TEXT, TEXT, "Kevin \ud800 Durant"]}))
+    assert status == 400 and answer["error"].startswith("inputs[2] holds a lone surrogate U+D800 at character 6")
+    assert post(port, body({"inputs": TEXT, "parameters": {"batch_size": 10**9}}))[0] == 400
 
 
 @pytest.mark.slow
@@ -366,6 +484,18 @@ def test_app_explains_with_the_models_own_clue_options(tiny_roberta_processor, i
         expected = clues.prompt_probabilities(processor.image_scorer.encode_images([str(images["png"])]))[0]
     assert [e["index"] for e in entries] == expected.argsort(descending=True).tolist()
     assert np.allclose([e["probability"] for e in entries], expected.sort(descending=True).values, atol=1e-6)
+
+
+def test_app_names_a_threshold_that_is_not_a_number(pipe):
+    """The Space passes the slider's value to the pipeline, which names `threshold` for anything but a number in
+    [0, 1] (a cleared field gives None); the page shows that message."""
+    gr = pytest.importorskip("gradio", reason="the Space app needs gradio: pip install -e '.[space]'")
+    explainer = promptmner_space.PromptExplainer(pipe, top=3)
+    for threshold in (None, "high", True, 1.5):
+        with pytest.raises(gr.Error, match=r"threshold must be a number in \[0, 1\]"):
+            promptmner_space.predict(pipe, explainer, TEXT, None, threshold)
+    _, rows, _, note = promptmner_space.predict(pipe, explainer, TEXT, None, 0.25)
+    assert rows == promptmner_space.entity_rows(pipe(TEXT, threshold=0.25)) and note.startswith(f"{len(rows)} entities")
 
 
 def test_model_card_serving_section_says_what_works():

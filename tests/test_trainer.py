@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_hub_dataset import slice_dataset  # noqa: F401
-from test_run_mner import clip_config_file, tiny_backbone, twitter_slice  # noqa: F401
 from transformers import EvalPrediction
 from transformers.trainer_pt_utils import nested_concat
 
@@ -143,7 +141,7 @@ def fresh_accelerate_state():
 
 @pytest.mark.slow
 def test_trainer_trains_evaluates_like_the_project_and_saves(twitter_slice, slice_dataset, roberta_tokenizer,
-                                                            tiny_clip_config, tmp_path, fresh_accelerate_state):  # noqa: F811
+                                                            tiny_clip_config, tmp_path, fresh_accelerate_state):
     """A few Trainer steps on tiny models and the Twitter-2015 slice as a datasets dataset with images: the training
     and dev losses fall; trainer.evaluate() reports the scores of mner_evaluation.evaluate on the same weights
     (concatenated or per-batch predictions); trainer.save_model with the processor loads in a fresh process without
@@ -220,7 +218,7 @@ def test_trainer_trains_evaluates_like_the_project_and_saves(twitter_slice, slic
 
 @pytest.mark.slow
 def test_the_trainer_example_trains_and_saves_a_pipeline_folder(slice_dataset, tiny_backbone, clip_config_file,
-                                                                 tmp_path):  # noqa: F811
+                                                                 tmp_path):
     """`examples/train_with_trainer.py` on the slice dataset folder: its dev and test scores are those of the saved
     folder's model under the project's evaluation, and the folder runs as pipeline("multimodal-ner") in a fresh process
     without this package."""
