@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -66,6 +67,20 @@ def check_model_location(model: str | os.PathLike, option: str = "model") -> Non
         raise FileNotFoundError(f"{option} {name}: the folder {what} (a saved model folder or a Hub repo id)")
 
 
+@contextmanager
+def hub_or_folder(model: str | os.PathLike):
+    """Re-raise a failed load of `model`, when it is no folder here, as an `OSError` that says so first: a name such
+    as `outputs/demo` is a folder to its user and a valid Hub repo id to the loader, whose own message is about the
+    Hub."""
+    try:
+        yield
+    except OSError as err:
+        name = os.fspath(model)
+        if Path(name).expanduser().exists():
+            raise
+        raise OSError(f"{name}: there is no such folder here, and loading it as a Hub repo id failed: {err}") from err
+
+
 def load_model_and_processor(model: str | os.PathLike, processor: str | os.PathLike | None = None):
     """`(model in eval mode, processor)` saved in a folder or a Hub repo (the processor from `processor` if given),
     with this package's classes: no code from the folder runs, and nothing asks whether to trust it."""
@@ -75,9 +90,11 @@ def load_model_and_processor(model: str | os.PathLike, processor: str | os.PathL
     check_model_location(model)
     if processor is not None:
         check_model_location(processor, "processor")
-    loaded = PromptMNERForSpanNER.from_pretrained(model).eval()
-    # trust_remote_code=False stops the tokenizer lookup from asking about the folder's auto_map.
-    return loaded, PromptMNERProcessor.from_pretrained(processor or model, trust_remote_code=False)
+    with hub_or_folder(model):
+        loaded = PromptMNERForSpanNER.from_pretrained(model).eval()
+    with hub_or_folder(processor or model):
+        # trust_remote_code=False stops the tokenizer lookup from asking about the folder's auto_map.
+        return loaded, PromptMNERProcessor.from_pretrained(processor or model, trust_remote_code=False)
 
 
 def load_pipeline(model: str | os.PathLike, device, trust_remote_code: bool = False, num_threads: int | None = None):
@@ -88,8 +105,9 @@ def load_pipeline(model: str | os.PathLike, device, trust_remote_code: bool = Fa
         from transformers import pipeline
 
         check_model_location(model)
-        return pipeline("multimodal-ner", model=str(model), device=device, trust_remote_code=True,
-                        num_threads=num_threads)  # fmt: skip
+        with hub_or_folder(model):
+            return pipeline("multimodal-ner", model=str(model), device=device, trust_remote_code=True,
+                            num_threads=num_threads)  # fmt: skip
     from pipeline_promptmner import MultimodalNERPipeline
 
     loaded, processor = load_model_and_processor(model)

@@ -729,3 +729,13 @@ def test_benchmark_bad_lines_input_and_check(pipe, one_thread, tmp_path):
         write_jsonl(target, lines)
         with pytest.raises(RuntimeError):
             bench.check_one_record_per_line(target, count, bad)
+
+
+def test_a_missing_folder_named_like_a_repo_id_is_named_as_a_folder(tmp_path, monkeypatch):
+    """`outputs/demo` is a folder to its user and a valid repo id to the Hub client: when neither is there, the error
+    says first that there is no such folder."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    for trust_remote_code in (False, True):
+        with pytest.raises(OSError, match=r"^outputs/demo: there is no such folder here, and loading it as a Hub"):
+            mner_runtime.load_pipeline("outputs/demo", "cpu", trust_remote_code=trust_remote_code)
