@@ -71,6 +71,10 @@ TASK = "multimodal-ner"
 INPUT_KEYS = ("text", "image")
 _METADATA_KEYS = ("image", "chunk", "is_last")
 IMAGE_CACHE_SIZE = 64  # examples whose CLIP embedding the pipeline keeps while their chunks go through the model
+# Images per CLIP forward pass on the CPU: a random RN50 tower encoded 7.6 / 8.2 / 6.9 images/s in batches of 1 / 4 / 16
+# on one thread and 12.1 / 15.3 / 11.7 on two (2-core Xeon, BENCHMARKS.md "Against the peer and the floor"): larger
+# batches fall out of the caches. An accelerator takes the batch's images at once.
+CPU_IMAGE_BATCH = 4
 _UNSET = object()  # a call argument not given (None given explicitly is checked like any other value)
 
 
@@ -464,7 +468,8 @@ class MultimodalNERPipeline(ChunkPipeline):
         by_key = {image.key: image for image in images if image is not None}  # copies from DataLoader workers too
         missing = [image for key, image in by_key.items() if key not in cache]
         if missing:
-            encoded = scorer.encode_images([image.image for image in missing], batch_size=len(missing))  # (M, D)
+            size = min(len(missing), CPU_IMAGE_BATCH) if self.device.type == "cpu" else len(missing)
+            encoded = scorer.encode_images([image.image for image in missing], batch_size=size)  # (M, D)
             for image, row in zip(missing, encoded):
                 cache[image.key] = row
                 if len(cache) > IMAGE_CACHE_SIZE:
