@@ -45,6 +45,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCol
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from atomic_files import write_json  # noqa: E402
 import mner_data  # noqa: E402
 from mner_demo import demo_backbone  # noqa: E402
 from mner_metric import entity_metric  # noqa: E402
@@ -247,7 +248,7 @@ def run_record(args, model: str, learning_rate: float, seed: int) -> dict:
     record = {"model": model, "learning_rate": learning_rate, "seed": seed, "seconds": time.perf_counter() - start,
               **results}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2))
+    write_json(path, record)  # whole or not at all: a later run reads it back as done
     print(f"[{model}] lr {learning_rate:g} seed {seed}: dev F1 {100 * record['validation']['f1']:.2f}, "
           f"test F1 {100 * record['test']['f1']:.2f} ({record['seconds']:.0f} s)", flush=True)  # fmt: skip
     return record

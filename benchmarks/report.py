@@ -6,6 +6,8 @@ import platform
 import sys
 from pathlib import Path
 
+from atomic_files import write_text
+
 
 def markers(name: str) -> tuple[str, str]:
     """The HTML comments that delimit the `name` section of BENCHMARKS.md."""
@@ -23,7 +25,7 @@ def replace_section(path: Path, name: str, text: str) -> None:
         content = before + section + rest.split(end, 1)[1]
     else:
         content = content.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(content, encoding="utf-8")
+    write_text(path, content)  # whole or not at all: BENCHMARKS.md keeps every other section
 
 
 def publish_section(path: Path, name: str, text: str, write: bool = True) -> None:

@@ -53,6 +53,7 @@ from transformers import BertConfig, BertModel, get_scheduler
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from mner_demo import DEMO_AMBIGUOUS_NAMES, DEMO_CLIP_CONFIG, DEMO_TYPES, add_pixel_noise, demo_backbone  # noqa: E402
+from atomic_files import write_json  # noqa: E402
 from mner_backbone import fit_clue_path_to_images, model_from_backbone  # noqa: E402
 from mner_training import MNERCollator, create_optimizer  # noqa: E402
 from processing_promptmner import PromptMNERProcessor  # noqa: E402
@@ -517,7 +518,7 @@ def run_family_seed(name: str, seed: int, args) -> None:
             probe = probe_accuracy(data)
         print(f"{name} {candidate_id or 'text-only'} seed {seed} ...", flush=True)
         record = {**run_one(name, candidate_id, seed, processor, data, args), "probe": probe}
-        path.write_text(json.dumps(record, indent=2))
+        write_json(path, record)  # whole or not at all: a later run reads it back as done
 
 
 def main(argv=None) -> None:
