@@ -37,6 +37,7 @@ before the next chunk runs, and an example's image is encoded by CLIP once for a
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import time
@@ -182,13 +183,27 @@ def idle_cpu_cores(seconds: float = 0.2) -> float | None:
     return cores * (after[0] - before[0]) / (after[1] - before[1])
 
 
-def default_num_threads(processes: int = 1) -> int:
-    """Torch threads for one of `processes` processes of a job on this machine: its share of the cores, and no more
-    than the cores that other work leaves idle (at least one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+# A core counts as taken by other work when that work keeps it more than this busy: a thread beside a job that always
+# runs loses most of its time slices (4x slower on 2 cores beside a busy loop, BENCHMARKS.md "Prediction at scale"),
+# beside one that often waits it loses few, and a short blip in the sampled 0.2 s should not halve the threads.
+TAKEN_CORE_BUSY = 0.75
+
+
+def threads_for_idle_cores(idle: float | None, cores: int, processes: int = 1) -> int:
+    """Torch threads for one of `processes` processes when other work leaves `idle` of the `cores` idle (None: not
+    known): the process's share of the cores, less the cores other work has taken, at least one."""
     share = max(1, cores // max(1, processes))
-    idle = idle_cpu_cores()
-    return share if idle is None else max(1, min(share, round(idle / max(1, processes))))
+    if idle is None:
+        return share
+    free = math.ceil(idle / max(1, processes) - (1 - TAKEN_CORE_BUSY))  # this process's cores more than 1/4 idle
+    return max(1, min(share, free))
+
+
+def default_num_threads(processes: int = 1) -> int:
+    """Torch threads for one of `processes` processes of a job on this machine ([`threads_for_idle_cores`] of the
+    cores it may run on and what other work leaves idle of them now)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return threads_for_idle_cores(idle_cpu_cores(), cores, processes)
 
 
 def set_cpu_threads(num_threads: int | None = None, processes: int = 1) -> int:

@@ -46,6 +46,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 import mner_prediction
 import mner_runtime
 
@@ -90,6 +92,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, mner_
     return args, job
 
 
+def threads_note(pipe) -> str:
+    """`, N torch threads each` on the CPU (the default depends on the machine's load: the summary says what it chose)."""
+    if pipe.device.type != "cpu":
+        return ""
+    threads = torch.get_num_threads()
+    return f", {threads} torch thread{'s' if threads > 1 else ''} each"
+
+
 def main(argv: list[str] | None = None) -> int:
     args, job = parse_args(argv)
     # The command's parallelism is torch's threads and the DataLoader workers; the tokenizer's own thread pool would
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{counts['lines']} lines: {counts['ok']} predicted, {counts['errors']} errors -> {job.output} "
             f"({counts['predicted']} lines in this run, {counts['seconds']:.1f} s, {rate:.1f} lines/s, "
-            f"{state.num_processes} process{'es' if state.num_processes > 1 else ''})",
+            f"{state.num_processes} process{'es' if state.num_processes > 1 else ''}{threads_note(pipe)})",
             file=sys.stderr,
         )
     return mner_prediction.exit_status(counts, args.fail_on_error)

@@ -73,6 +73,8 @@ TEXTS = [
 ]
 SUMMARY = re.compile(
     r"(\d+) lines: (\d+) predicted, (\d+) errors .*\((\d+) lines in this run, ([0-9.]+) s, ([0-9.]+) lines/s"
+    r".*?(?:, (\d+) torch threads? each)?\)$",
+    re.M,
 )
 
 
@@ -255,9 +257,10 @@ def tree_pss_mb(pid: int) -> float:
     return total / 1024
 
 
-def run_measured(arguments: list[str], cwd: Path, threads: int | None = None) -> dict:
-    """Run the command; its summary figures, wall time, the kernel's peak RSS of its largest process and the
-    sampled peak of its process tree's summed RSS."""
+def run_measured(arguments: list[str], cwd: Path, threads: int | None = None, sample_memory: bool = True) -> dict:
+    """Run the command; its summary figures, wall time, the kernel's peak RSS of its largest process and, with
+    `sample_memory`, the sampled peak of its process tree's summed PSS (a /proc walk every 20 ms, which takes CPU
+    time from the command: throughput runs go without it)."""
     start = time.perf_counter()
     process = subprocess.Popen(arguments, cwd=cwd, env=child_env(threads), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)  # fmt: skip
@@ -269,19 +272,22 @@ def run_measured(arguments: list[str], cwd: Path, threads: int | None = None) ->
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    if sample_memory:
+        sampler.start()
     stderr = process.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(process.pid, 0)
     done.set()
-    sampler.join()
+    if sample_memory:
+        sampler.join()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(arguments)} failed ({process.returncode}):\n{stderr[-4000:]}")
     match = SUMMARY.search(stderr)
     if match is None:
         raise RuntimeError(f"no summary line in the command's output:\n{stderr[-2000:]}")
-    lines, _, errors, predicted, seconds, rate = match.groups()
+    lines, _, errors, predicted, seconds, rate, threads = match.groups()
     return {"lines": int(lines), "errors": int(errors), "seconds": float(seconds), "lines_per_s": float(rate),
+            "threads": int(threads) if threads else None,
             "wall_s": time.perf_counter() - start, "max_rss_mb": usage.ru_maxrss / 1024,
             "tree_peak_mb": peak[0]}  # fmt: skip
 
@@ -330,10 +336,12 @@ def measure_throughput(args: argparse.Namespace, work: Path) -> dict:
                         target = work / f"out_{num_prompts}_{processes}_{len(outputs)}.jsonl"
                         arguments = command(processes, model, source, target, work / "images", args.batch_size,
                                             console_script=processes == 1, options=options)  # fmt: skip
-                        result = run_measured(arguments, work, threads=None)
+                        result = run_measured(arguments, work, threads=None, sample_memory=False)
                         key = (model_name, load, processes, name)
+                        chosen = results[key]["chosen"] if key in results else []
                         if key not in results or result["lines_per_s"] > results[key]["lines_per_s"]:
                             results[key] = result
+                        results[key]["chosen"] = chosen + [result["threads"]]  # what every round's run chose
                         outputs.setdefault(num_prompts, set()).add(target.read_bytes())
                         print(f"{key}: {result['lines_per_s']:.1f} lines/s", file=sys.stderr)
     return {"runs": results, "identical": all(len(found) == 1 for found in outputs.values())}
@@ -440,7 +448,9 @@ def threads_rows(args: argparse.Namespace, throughput: dict) -> tuple[list[str],
                 best_name = max(group, key=lambda name: group[name]["lines_per_s"])
                 for name, result in group.items():
                     mark = " (best)" if name == best_name else ""
-                    rows.append(f"| {model_name} | {load} | {processes} | {name}{mark} | {result['lines_per_s']:.1f} |")
+                    chose = f" (chose {'/'.join(map(str, result['chosen']))} threads)" if name == "default" else ""
+                    rows.append(f"| {model_name} | {load} | {processes} | {name}{chose}{mark} | "
+                                f"{result['lines_per_s']:.1f} |")  # fmt: skip
                 ratio = group["default"]["lines_per_s"] / group[best_name]["lines_per_s"]
                 verdicts.append(f"{model_name}, {load}, {processes} process{'es' if processes > 1 else ''}: default / "
                                 f"best by hand = **{ratio:.2f}** ({best_name})")  # fmt: skip
@@ -471,7 +481,8 @@ def markdown(args: argparse.Namespace, throughput: dict, memory: list[dict], too
             "`accelerate launch --multi_gpu --num_processes 2 -m predict_mner` (two gloo processes, which accelerate "
             "gives one thread each); the other rows are settings tried by hand. 'competing job': another process "
             f"keeps one core busy. Best of {args.repeats} interleaved rounds; lines/s of the prediction loop as the "
-            "command prints it (model loading excluded).",
+            "command prints it (model loading excluded); no memory sampling during these runs. 'chose': the torch threads "
+            "per process the default took in each round, as its summary line says.",
             "",
             "| model | load | processes | setting | lines/s |",
             "|---|---|---:|---|---:|",

@@ -331,6 +331,24 @@ def test_cpu_threads_follow_an_explicit_choice(model, tiny_roberta_processor):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize(
+    ("idle", "cores", "processes", "threads"),
+    [
+        (2.0, 2, 1, 2),  # a quiet machine: every core
+        (1.5, 2, 1, 2),  # a blip of half a core in the sample: still every core
+        (1.0, 2, 1, 1),  # another job keeps a core busy: the other one only
+        (0.1, 2, 1, 1),  # everything busy: at least one
+        (7.9, 8, 2, 4),  # two processes share the cores
+        (5.2, 8, 2, 3),  # ... and what other work leaves idle
+        (None, 8, 1, 8),  # /proc/stat unreadable: the share
+    ],
+)
+def test_threads_take_the_cores_other_work_leaves_idle(idle, cores, processes, threads):
+    from pipeline_promptmner import threads_for_idle_cores
+
+    assert threads_for_idle_cores(idle, cores, processes) == threads
+
+
 # --- saved with the model, loaded by repo id in a fresh process ---------------------------------------------------
 
 
