@@ -54,6 +54,7 @@ except ImportError:  # not POSIX: outputs are not locked
 
 from atomic_files import write_text
 from clip_promptmner import image_file_path, load_image
+from pipeline_promptmner import available_cores, idle_cpu_cores, threads_for_idle_cores
 from processing_promptmner import check_utf8_text
 
 PARTIAL_SUFFIX = ".partial"
@@ -77,7 +78,8 @@ class PredictionJob:
         model (`str`): the model folder or repo id (recorded so that a resumed run uses the same model).
         image_dir (`Path`, *optional*): folder of relative image paths (default: the current directory).
         batch_size (`int`): input lines per block, and chunks per model forward pass.
-        num_workers (`int`): DataLoader workers per process that parse lines and decode images (0: in-process).
+        num_workers (`int`, *optional*): DataLoader workers per process that parse lines and decode images (0:
+            in-process; None: [`default_num_workers`] when the run starts).
         stride (`int`, *optional*), threshold (`float`, *optional*): passed to the pipeline.
         resume (`bool`): continue an interrupted run's `<output>.partial`.
         overwrite (`bool`): start over even if `<output>` or `<output>.partial` exists.
@@ -128,7 +130,7 @@ def check_job(job: PredictionJob) -> None:
     """Validate the job before anything is opened; `ValueError` names the argument."""
     if job.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {job.batch_size}")
-    if job.num_workers < 0:
+    if job.num_workers is not None and job.num_workers < 0:
         raise ValueError(f"--num_workers must be >= 0, got {job.num_workers}")
     if job.stride is not None and job.stride < 0:
         raise ValueError(f"--stride must be >= 0 (words), got {job.stride}")
@@ -726,6 +728,20 @@ def _start(job: PredictionJob, state) -> tuple[OutputFiles | None, Progress, int
     return files, outcome[1], outcome[2]
 
 
+def workers_for_idle_cores(idle: float | None, cores: int, processes: int = 1) -> int:
+    """DataLoader workers for one of `processes` processes when other work leaves `idle` of the `cores` idle (None: not
+    known): one, which parses lines and decodes images while the model runs, unless other work has taken a core of
+    this process's share; then none, as a worker could only take time slices from the model's thread on the cores
+    left (BENCHMARKS.md, "Prediction at scale": the 100-prompt model beside a busy loop, 0.88 of the best without)."""
+    share = max(1, cores // max(1, processes))
+    return 1 if threads_for_idle_cores(idle, cores, processes) >= share else 0
+
+
+def default_num_workers(processes: int = 1) -> int:
+    """[`workers_for_idle_cores`] of this machine now."""
+    return workers_for_idle_cores(idle_cpu_cores(), available_cores(), processes)
+
+
 def predict_file(pipe, job: PredictionJob, state=None) -> dict:
     """Predict every line of `job.input` into `job.output` with `pipe`, across all processes of `state`.
 
@@ -742,6 +758,8 @@ def predict_file(pipe, job: PredictionJob, state=None) -> dict:
 
     state = state if state is not None else PartialState()
     check_job(job)
+    if job.num_workers is None:
+        job.num_workers = default_num_workers(state.num_processes)
     state.wait_for_everyone()  # every process checks the paths before the main one creates the partial file
     files, progress, total = _start(job, state)
     if total is None:  # --resume of a run that had finished

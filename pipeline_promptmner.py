@@ -171,10 +171,15 @@ def _cpu_ticks() -> tuple[int, int] | None:
     return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields[:8])  # idle + iowait; up to steal
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def idle_cpu_cores(seconds: float = 0.2) -> float | None:
     """How many of this process's cores the rest of the machine left idle over the next `seconds` (None where the
     system does not say)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     before = _cpu_ticks()
     time.sleep(seconds)
     after = _cpu_ticks()
@@ -202,8 +207,7 @@ def threads_for_idle_cores(idle: float | None, cores: int, processes: int = 1) -
 def default_num_threads(processes: int = 1) -> int:
     """Torch threads for one of `processes` processes of a job on this machine ([`threads_for_idle_cores`] of the
     cores it may run on and what other work leaves idle of them now)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return threads_for_idle_cores(idle_cpu_cores(), cores, processes)
+    return threads_for_idle_cores(idle_cpu_cores(), available_cores(), processes)
 
 
 def set_cpu_threads(num_threads: int | None = None, processes: int = 1) -> int:

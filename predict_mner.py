@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--input", required=True, type=Path, help="JSONL file: one {'text', 'image', 'id'} object per line")
     add("--output", required=True, type=Path, help="JSONL file to write (never the input)")
     add("--batch_size", type=int, default=16, help="lines per block, and chunks per model forward pass")
-    add("--num_workers", type=int, default=1, help="DataLoader workers per process for parsing and images (0: none)")
+    add("--num_workers", type=int, default=None,
+        help="DataLoader workers per process for parsing and images (0: none; default: one, none when other work has "
+        "taken a core of the process's share)")
     add("--device", default=None, help="'cpu', 'cuda:1', ... for one process (default: Accelerate's device)")
     add("--num_threads", type=int, default=None,
         help="torch threads per process on the CPU (default: the process's share of the cores that other work leaves "
@@ -92,12 +94,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, mner_
     return args, job
 
 
-def threads_note(pipe) -> str:
-    """`, N torch threads each` on the CPU (the default depends on the machine's load: the summary says what it chose)."""
-    if pipe.device.type != "cpu":
-        return ""
-    threads = torch.get_num_threads()
-    return f", {threads} torch thread{'s' if threads > 1 else ''} each"
+def parallelism_note(pipe, job: mner_prediction.PredictionJob) -> str:
+    """`, W DataLoader workers and N torch threads each` (threads on the CPU only): the defaults depend on the machine's
+    load, so the summary says what the run took."""
+    note = f", {job.num_workers} DataLoader worker{'' if job.num_workers == 1 else 's'}"
+    if pipe.device.type == "cpu":
+        threads = torch.get_num_threads()
+        note += f" and {threads} torch thread{'' if threads == 1 else 's'}"
+    return note + " each"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{counts['lines']} lines: {counts['ok']} predicted, {counts['errors']} errors -> {job.output} "
             f"({counts['predicted']} lines in this run, {counts['seconds']:.1f} s, {rate:.1f} lines/s, "
-            f"{state.num_processes} process{'es' if state.num_processes > 1 else ''}{threads_note(pipe)})",
+            f"{state.num_processes} process{'es' if state.num_processes > 1 else ''}{parallelism_note(pipe, job)})",
             file=sys.stderr,
         )
     return mner_prediction.exit_status(counts, args.fail_on_error)

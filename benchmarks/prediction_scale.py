@@ -73,7 +73,7 @@ TEXTS = [
 ]
 SUMMARY = re.compile(
     r"(\d+) lines: (\d+) predicted, (\d+) errors .*\((\d+) lines in this run, ([0-9.]+) s, ([0-9.]+) lines/s"
-    r".*?(?:, (\d+) torch threads? each)?\)$",
+    r".*?(?:, (\d+) DataLoader workers?(?: and (\d+) torch threads?)? each)?\)$",
     re.M,
 )
 
@@ -285,9 +285,9 @@ def run_measured(arguments: list[str], cwd: Path, threads: int | None = None, sa
     match = SUMMARY.search(stderr)
     if match is None:
         raise RuntimeError(f"no summary line in the command's output:\n{stderr[-2000:]}")
-    lines, _, errors, predicted, seconds, rate, threads = match.groups()
+    lines, _, errors, predicted, seconds, rate, workers, threads = match.groups()
     return {"lines": int(lines), "errors": int(errors), "seconds": float(seconds), "lines_per_s": float(rate),
-            "threads": int(threads) if threads else None,
+            "chose": f"{threads or '?'} threads, {workers or '?'} workers",
             "wall_s": time.perf_counter() - start, "max_rss_mb": usage.ru_maxrss / 1024,
             "tree_peak_mb": peak[0]}  # fmt: skip
 
@@ -341,7 +341,7 @@ def measure_throughput(args: argparse.Namespace, work: Path) -> dict:
                         chosen = results[key]["chosen"] if key in results else []
                         if key not in results or result["lines_per_s"] > results[key]["lines_per_s"]:
                             results[key] = result
-                        results[key]["chosen"] = chosen + [result["threads"]]  # what every round's run chose
+                        results[key]["chosen"] = chosen + [result["chose"]]  # what every round's run chose
                         outputs.setdefault(num_prompts, set()).add(target.read_bytes())
                         print(f"{key}: {result['lines_per_s']:.1f} lines/s", file=sys.stderr)
     return {"runs": results, "identical": all(len(found) == 1 for found in outputs.values())}
@@ -448,7 +448,7 @@ def threads_rows(args: argparse.Namespace, throughput: dict) -> tuple[list[str],
                 best_name = max(group, key=lambda name: group[name]["lines_per_s"])
                 for name, result in group.items():
                     mark = " (best)" if name == best_name else ""
-                    chose = f" (chose {'/'.join(map(str, result['chosen']))} threads)" if name == "default" else ""
+                    chose = f" (chose {' / '.join(result['chosen'])})" if name == "default" else ""
                     rows.append(f"| {model_name} | {load} | {processes} | {name}{chose}{mark} | "
                                 f"{result['lines_per_s']:.1f} |")  # fmt: skip
                 ratio = group["default"]["lines_per_s"] / group[best_name]["lines_per_s"]
@@ -482,7 +482,7 @@ def markdown(args: argparse.Namespace, throughput: dict, memory: list[dict], too
             "gives one thread each); the other rows are settings tried by hand. 'competing job': another process "
             f"keeps one core busy. Best of {args.repeats} interleaved rounds; lines/s of the prediction loop as the "
             "command prints it (model loading excluded); no memory sampling during these runs. 'chose': the torch threads "
-            "per process the default took in each round, as its summary line says.",
+            "and DataLoader workers per process the default took in each round, as its summary line says.",
             "",
             "| model | load | processes | setting | lines/s |",
             "|---|---|---:|---|---:|",

@@ -349,6 +349,21 @@ def test_threads_take_the_cores_other_work_leaves_idle(idle, cores, processes, t
     assert threads_for_idle_cores(idle, cores, processes) == threads
 
 
+@pytest.mark.parametrize(
+    ("idle", "cores", "processes", "workers"),
+    [
+        (2.0, 2, 1, 1),  # quiet: a worker decodes images while the model runs
+        (1.0, 2, 1, 0),  # another job has a core: the worker would take time slices from the model's thread
+        (1.0, 2, 2, 1),  # two processes of a core each: half of each is idle, so neither counts as taken
+        (None, 2, 1, 1),  # not known: one
+    ],
+)
+def test_prediction_workers_only_beside_a_free_core(idle, cores, processes, workers):
+    from mner_prediction import workers_for_idle_cores
+
+    assert workers_for_idle_cores(idle, cores, processes) == workers
+
+
 # --- saved with the model, loaded by repo id in a fresh process ---------------------------------------------------
 
 
