@@ -151,6 +151,10 @@ def test_peer_script_compares_with_token_classification_and_the_floor(tmp_path):
         shares = re.search(rf"{count} prompts: (\d+)% one by one, (\d+)% batched", body)
         assert int(shares.group(1)) == pytest.approx(100 * with_images[0] / floor[0], abs=1.5)
         assert int(shares.group(2)) == pytest.approx(100 * with_images[1] / floor[1], abs=1.5)
+        method = rate(f"floor of the method, {count} prompts: CLIP tower + multimodal model")
+        shares = re.search(rf"Against the floor of the method.*?{count} prompts: (\d+)% one by one, (\d+)% batched",
+                           body, re.S)  # fmt: skip
+        assert int(shares.group(1)) == pytest.approx(100 * with_images[0] / method[0], abs=1.5)
     for part in ("image decoding and preprocessing", "CLIP image tower", "encoder and span head", "post-processing"):
         assert re.search(rf"^\| {part} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", body, re.M), part
     assert re.search(r"besides the tweet's \d+ text tokens", body)
