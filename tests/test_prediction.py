@@ -687,9 +687,13 @@ def test_benchmark_writes_its_section(tmp_path):
     assert text.startswith("# Benchmarks\n\nkept text\n")
     body = text.split("<!-- prediction-scale:start -->")[1].split("<!-- prediction-scale:end -->")[0]
     rows = re.findall(r"^\| demo \(16 prompts\) \| quiet \| (\d) \| ([^|]+?) \| ([0-9.]+) \|$", body, re.M)
-    assert [(processes, setting.removesuffix(" (best)")) for processes, setting, _ in rows][:2] == [
-        ("1", "default"), ("1", "--num_threads 1")
-    ] and len(rows) == 7
+    settings = [(processes, setting.removesuffix(" (best)")) for processes, setting, _ in rows]
+    assert settings[1] == ("1", "--num_threads 1") and len(rows) == 7
+    # the default rows say what the command chose (one round here), read from its summary line; the counts depend
+    # on the machine's load
+    for processes, setting in settings:
+        if setting.startswith("default"):
+            assert re.fullmatch(r"default \(chose \d+ threads, [01] workers\)", setting), setting
     for processes in ("1", "2"):
         rates = {setting: float(rate) for count, setting, rate in rows if count == processes}
         default = next(rate for setting, rate in rates.items() if setting.startswith("default"))
