@@ -54,7 +54,8 @@ class PromptMNERModelOutput(ModelOutput):
     Args:
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, text_length + visual_length, hidden_size)`):
             Final hidden states of the text block followed by the visual block (`visual_length` is 0 when no
-            example of the batch has an image, `num_prompts + 1` otherwise).
+            example of the batch has an image, `num_prompts + 1` otherwise); the text block alone,
+            `(batch_size, text_length, hidden_size)`, with `text_states_only`.
         attention_mask (`torch.BoolTensor` of shape `(batch_size, text_length + visual_length)`):
             Which positions are real tokens; examples without an image have their visual block masked.
         prompt_probs (`torch.FloatTensor` of shape `(batch_size, num_prompts)`, *optional*):
@@ -288,26 +289,27 @@ def split_key_attention(query_to_text, query_to_visual, key, value, attention_ma
     """MAS scores as two matmuls, one per key modality: `[Q_to_text K_textᵀ | Q_to_visual K_visualᵀ]`, with the
     scaling and the mask applied inside each matmul (`baddbmm`), then one softmax over all keys. Used on CPU,
     where torch's SDPA has no fused kernel for the stacked queries' unequal head sizes and its fallback scales and
-    masks in passes of their own. Queries, keys, values `(B, heads, L, d)`, attention_mask additive `(B, 1, 1, L)`
-    -> context `(B, L, heads, d)`."""
+    masks in passes of their own. Queries `(B, heads, Q, d)` (Q = L, or T for the text block's queries alone), keys
+    and values `(B, heads, L, d)`, attention_mask additive `(B, 1, 1, L)` -> context `(B, Q, heads, d)`."""
     batch_size, heads, length, head_dim = value.shape
     flat = lambda x: x.reshape(batch_size * heads, -1, head_dim)  # noqa: E731  (B, h, N, d) -> (B*h, N, d)
     mask = attention_mask.expand(batch_size, heads, 1, length).reshape(batch_size * heads, 1, length)  # (B*h, 1, L)
     t = text_length
-    to_text = torch.baddbmm(mask[..., :t], flat(query_to_text), flat(key[:, :, :t]).mT, alpha=scaling)  # (B*h, L, T)
+    to_text = torch.baddbmm(mask[..., :t], flat(query_to_text), flat(key[:, :, :t]).mT, alpha=scaling)  # (B*h, Q, T)
     to_visual = torch.baddbmm(mask[..., t:], flat(query_to_visual), flat(key[:, :, t:]).mT, alpha=scaling)  # (.., V)
-    probs = torch.cat([to_text, to_visual], dim=-1).softmax(dim=-1)  # (B*h, L, L)
+    probs = torch.cat([to_text, to_visual], dim=-1).softmax(dim=-1)  # (B*h, Q, L)
     probs = uniform_dropout(probs, dropout, training=dropout > 0)
-    context = torch.bmm(probs, flat(value))  # (B*h, L, d)
-    return context.view(batch_size, heads, length, head_dim).transpose(1, 2)  # (B, L, heads, d)
+    context = torch.bmm(probs, flat(value))  # (B*h, Q, d)
+    return context.view(batch_size, heads, -1, head_dim).transpose(1, 2)  # (B, Q, heads, d)
 
 
 def stack_queries_and_keys(query_to_text, query_to_visual, key, text_length):
     """The stacking trick that turns MAS into one standard attention call: every query becomes
     `[q_to_text ; q_to_visual]`, a text key `[k ; 0]` and a visual key `[0 ; k]`, so `query . key` is the score of the
-    (query modality, key modality) pair. `(B, heads, L, d)` each -> query, key `(B, heads, L, 2d)`."""
+    (query modality, key modality) pair. Queries `(B, heads, Q, d)`, key `(B, heads, L, d)` -> query
+    `(B, heads, Q, 2d)`, key `(B, heads, L, 2d)`."""
     head_dim = key.shape[-1]
-    query = torch.cat([query_to_text, query_to_visual], dim=-1)  # (B, heads, L, 2d)
+    query = torch.cat([query_to_text, query_to_visual], dim=-1)  # (B, heads, Q, 2d)
     text_key = F.pad(key[:, :, :text_length], (0, head_dim))  # (B, heads, T, 2d): [k ; 0]
     visual_key = F.pad(key[:, :, text_length:], (head_dim, 0))  # (B, heads, V, 2d): [0 ; k]
     return query, torch.cat([text_key, visual_key], dim=2)  # (B, heads, L, 2d)
@@ -332,6 +334,7 @@ class PromptMNERSelfAttention(nn.Module):
         self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        self.all_head_size = self.num_heads * self.head_dim
         # What pretrained weights expect; the paper's eq. 3 prints sqrt(N + |V*|), which we read as a typo.
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
@@ -360,32 +363,36 @@ class PromptMNERSelfAttention(nn.Module):
         attention_mask: torch.Tensor,
         text_length: int,
         output_attentions: bool = False,
+        text_queries_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         hidden_states `(B, L, H)` with the text block in `[:text_length]`; attention_mask `(B, 1, 1, L)`, additive
         (0 for real tokens, the dtype's minimum for padding; built once per forward by the model). Returns the
-        context `(B, L, H)` and, in eager mode, the attention weights.
+        context `(B, Q, H)` and, in eager mode, the attention weights. Q is L, or the text block's T with
+        `text_queries_only` (a last layer whose visual outputs nothing reads: its visual tokens stay keys and values
+        and ask no query).
         """
         batch_size, length, hidden_size = hidden_states.shape
+        query_length = text_length if text_queries_only else length
         implementation = self.config._attn_implementation
         dropout = self.dropout.p if self.training else 0.0
         if output_attentions or implementation == "eager":
             context, weights = self.eager_attention(hidden_states, attention_mask, text_length)
-            context = context.transpose(1, 2)  # (B, L, heads, d)
+            context = context.transpose(1, 2)[:, :query_length]  # (B, Q, heads, d)
         elif not self.config.use_mas or length == text_length:
-            query, key, value = self.text_projections(hidden_states)  # (B, L, H) each
+            query, key, value = self.text_projections(hidden_states, query_length)  # (B, Q, H), (B, L, H) x 2
             context, weights = self.attention_call(self.split_heads(query), self.split_heads(key),
                                                    self.split_heads(value), attention_mask, dropout)  # fmt: skip
         else:
-            to_text, to_visual, key, value = self.modality_projections(hidden_states, text_length)  # (B, h, L, d)
+            to_text, to_visual, key, value = self.modality_projections(hidden_states, text_length, text_queries_only)
             if self.scores_per_key_modality(hidden_states.device):
                 mask = attention_mask.to(value.dtype)  # a no-op unless autocast lowered the precision
                 context = split_key_attention(to_text, to_visual, key, value, mask, text_length, dropout, self.scale)
                 weights = None
             else:
-                query, key = stack_queries_and_keys(to_text, to_visual, key, text_length)  # (B, heads, L, 2d)
+                query, key = stack_queries_and_keys(to_text, to_visual, key, text_length)  # (B, heads, Q|L, 2d)
                 context, weights = self.attention_call(query, key, value, attention_mask, dropout)
-        return context.reshape(batch_size, length, hidden_size), weights
+        return context.reshape(batch_size, query_length, hidden_size), weights
 
     def scores_per_key_modality(self, device: torch.device) -> bool:
         """`split_key_attention` (CPU `sdpa`) rather than one attention call on stacked queries and keys."""
@@ -397,13 +404,15 @@ class PromptMNERSelfAttention(nn.Module):
         mask = attention_mask.to(query.dtype)  # a no-op unless autocast lowered the query's precision
         return attention(self, query, key, value, mask, dropout=dropout, scaling=self.scale)
 
-    def text_projections(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`query`, `key` and `value` of a sequence without visual tokens, `(B, L, H)` each: one matmul on the
+    def text_projections(self, hidden_states: torch.Tensor, query_length: int):
+        """`query` of the first `query_length` tokens `(B, Q, H)`, `key` and `value` of all `(B, L, H)`, with one
+        projection for every pair (a sequence without visual tokens, or the ablation without MAS): one matmul on the
         concatenated weights while autograd records (its backward is one matmul too), three plain ones otherwise,
         which spares concatenating the weights on every call (a third of the projections' time on a short tweet)."""
         if torch.is_grad_enabled():
-            return self.fused_projection(hidden_states, self.query).chunk(3, dim=-1)
-        return self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
+            query, key, value = self.fused_projection(hidden_states, self.query).chunk(3, dim=-1)
+            return query[:, :query_length], key, value
+        return self.query(hidden_states[:, :query_length]), self.key(hidden_states), self.value(hidden_states)
 
     def fused_projection(self, hidden_states: torch.Tensor, *queries: nn.Linear) -> torch.Tensor:
         """`(B, N, H)` -> `(B, N, (len(queries) + 2) * H)`: the given query projections, the key and the value
@@ -413,23 +422,32 @@ class PromptMNERSelfAttention(nn.Module):
         hidden_states = hidden_states.contiguous()  # lets the 3-d matmul fold to one 2-d addmm
         return F.linear(hidden_states, weight, torch.cat([layer.bias for layer in layers]))
 
-    def modality_projections(self, hidden_states: torch.Tensor, text_length: int):
+    def modality_projections(self, hidden_states: torch.Tensor, text_length: int, text_queries_only: bool = False):
         """Each token's query for text keys and its query for visual keys (text tokens: `query`, `t2v_query`;
-        visual tokens: `v2t_query`, `v2v_query`), the keys and the values, each `(B, heads, L, d)`. One matmul per
-        modality on concatenated weights while autograd records; in inference, plain matmuls, which spares
-        concatenating the weights on every call (see `text_projections`)."""
+        visual tokens: `v2t_query`, `v2v_query`), `(B, heads, Q, d)` each, Q = L or, with `text_queries_only`, the
+        text block's T; the keys and the values `(B, heads, L, d)`. One matmul per modality on concatenated weights
+        while autograd records; in inference, plain matmuls, which spares concatenating the weights on every call
+        (see `text_projections`)."""
         text, visual = hidden_states.split([text_length, hidden_states.shape[1] - text_length], dim=1)
         if torch.is_grad_enabled():
             project = self.fused_projection
         else:
             project = lambda x, *queries: torch.cat([layer(x) for layer in (*queries, self.key, self.value)], -1)  # noqa: E731
-        parts = (
-            project(text, self.query, self.t2v_query),  # (B, T, 4H)
-            project(visual, self.v2t_query, self.v2v_query),  # (B, V, 4H)
-        )
-        # One copy makes each of the four contiguous per head, so the attention matmuls read them without another.
-        heads_first = [x.view(*x.shape[:2], 4, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4) for x in parts]
-        return torch.cat(heads_first, dim=3).unbind(0)  # (4, B, heads, N, d) each -> 4 x (B, heads, L, d)
+        visual_queries = () if text_queries_only else (self.v2t_query, self.v2v_query)
+        text_part = self.heads_first(project(text, self.query, self.t2v_query))  # (4, B, heads, T, d)
+        visual_part = self.heads_first(project(visual, *visual_queries))  # (2 or 4, B, heads, V, d)
+        if text_queries_only:
+            key, value = torch.cat([text_part[2:], visual_part], dim=3).unbind(0)  # (B, heads, L, d) each
+            return text_part[0], text_part[1], key, value
+        return torch.cat([text_part, visual_part], dim=3).unbind(0)  # (4, B, heads, L, d) -> 4 x (B, heads, L, d)
+
+    def heads_first(self, projections: torch.Tensor) -> torch.Tensor:
+        """`(B, N, n * H)`, n projections side by side -> `(n, B, heads, N, d)`, a view; the `torch.cat` after it
+        makes the one copy that leaves each projection contiguous per head, so the attention matmuls read them
+        without another."""
+        batch_size, length, width = projections.shape
+        split = projections.view(batch_size, length, width // self.all_head_size, self.num_heads, self.head_dim)
+        return split.permute(2, 0, 3, 1, 4)  # (n, B, heads, N, d)
 
     def eager_attention(self, hidden_states, attention_mask, text_length):
         key = self.split_heads(self.key(hidden_states))  # (B, heads, L, d)
@@ -464,9 +482,9 @@ class PromptMNERAttention(nn.Module):
         self.self = PromptMNERSelfAttention(config)
         self.output = PromptMNERSelfOutput(config)
 
-    def forward(self, hidden_states, attention_mask, text_length, output_attentions=False):
-        context, weights = self.self(hidden_states, attention_mask, text_length, output_attentions)
-        return self.output(context, hidden_states), weights
+    def forward(self, hidden_states, attention_mask, text_length, output_attentions=False, text_queries_only=False):
+        context, weights = self.self(hidden_states, attention_mask, text_length, output_attentions, text_queries_only)
+        return self.output(context, hidden_states[:, : context.shape[1]]), weights  # (B, Q, H)
 
 
 class PromptMNERIntermediate(nn.Module):
@@ -497,9 +515,10 @@ class PromptMNERLayer(GradientCheckpointingLayer):
         self.intermediate = PromptMNERIntermediate(config)
         self.output = PromptMNEROutput(config)
 
-    def forward(self, hidden_states, attention_mask, text_length, output_attentions=False):
-        attention_output, weights = self.attention(hidden_states, attention_mask, text_length, output_attentions)
-        layer_output = self.output(self.intermediate(attention_output), attention_output)
+    def forward(self, hidden_states, attention_mask, text_length, output_attentions=False, text_queries_only=False):
+        attention_output, weights = self.attention(hidden_states, attention_mask, text_length, output_attentions,
+                                                   text_queries_only)  # fmt: skip
+        layer_output = self.output(self.intermediate(attention_output), attention_output)  # (B, Q, H)
         return layer_output, weights
 
 
@@ -508,11 +527,17 @@ class PromptMNEREncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([PromptMNERLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, hidden_states, attention_mask, text_length, output_attentions=False, output_hidden_states=False):
+    def forward(self, hidden_states, attention_mask, text_length, output_attentions=False, output_hidden_states=False,
+                text_states_only=False):  # fmt: skip
+        """`text_states_only`: the last layer computes the text block alone (its visual tokens are keys and values
+        only), so the last states are `(B, T, H)`."""
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for layer in self.layer:
-            hidden_states, weights = layer(hidden_states, attention_mask, text_length, output_attentions)
+        last = len(self.layer) - 1
+        for index, layer in enumerate(self.layer):
+            text_queries_only = text_states_only and index == last
+            hidden_states, weights = layer(hidden_states, attention_mask, text_length, output_attentions,
+                                           text_queries_only)  # fmt: skip
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -636,6 +661,7 @@ class PromptMNERModel(PromptMNERPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        text_states_only: bool = False,
     ) -> PromptMNERModelOutput | tuple:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
@@ -647,6 +673,11 @@ class PromptMNERModel(PromptMNERPreTrainedModel):
         has_image (`torch.BoolTensor` of shape `(batch_size,)`, *optional*):
             Which examples have an image; the others take the text-only path. Defaults to all when
             `image_embeds` is given.
+        text_states_only (`bool`, *optional*, defaults to `False`):
+            Compute the last layer at the text block only: its visual tokens serve as keys and values but ask no
+            query, and `last_hidden_state` is `(batch_size, text_length, hidden_size)`. The text states are the same;
+            a head that reads only them (the span head) saves the last layer's work on the clue tokens, which is
+            most of it with the paper's 100 prompts. [`PromptMNERForSpanNER`] sets it in inference.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -665,7 +696,7 @@ class PromptMNERModel(PromptMNERPreTrainedModel):
         hidden_states = self.embeddings(input_ids, text_mask, clue_embeds)  # (B, T + V, H)
         hidden_states, all_hidden_states, all_attentions = self.encoder(
             hidden_states, additive_mask(mask, hidden_states.dtype), input_ids.shape[1], output_attentions,
-            output_hidden_states,
+            output_hidden_states, text_states_only,
         )
         output = PromptMNERModelOutput(
             last_hidden_state=hidden_states,
@@ -735,6 +766,14 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
                 f"labels has shape {tuple(labels.shape)} but word_start_index has shape "
                 f"{tuple(word_start_index.shape)}: expected {expected} (batch, words, max_span_length)"
             )
+
+    def reads_text_states_only(self, output_attentions: bool | None, output_hidden_states: bool | None) -> bool:
+        """The encoder's last layer may skip the clue tokens' queries (`text_states_only`) in inference, when no
+        caller asked for every layer's states or weights: the span head reads the text block alone. While autograd
+        records, every layer runs whole, so each parameter gets the gradient (zero or not) it always got."""
+        attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return not (torch.is_grad_enabled() or attentions or hidden_states)
 
     def word_states(self, text_hidden, word_start_index, word_end_index, word_mask=None):
         """The hidden states of each word's first and last token `(B, W, H)` each, the last word of each (start word,
@@ -823,6 +862,7 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            text_states_only=self.reads_text_states_only(output_attentions, output_hidden_states),
         )
         text_hidden = outputs.last_hidden_state[:, : input_ids.shape[1]]  # (B, T, H)
         if self.training and self.span_head.dropout.p > 0:  # dropout draws a mask for every span: build them all

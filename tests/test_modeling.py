@@ -300,6 +300,40 @@ def test_sdpa_mas_equals_eager_reference_outputs_and_gradients(use_mas, path, mo
         torch.testing.assert_close(grads_sdpa[name], grads_eager[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("use_mas", [True, False])
+@pytest.mark.parametrize("path", ["per key modality", "stacked", "eager"])
+def test_inference_skips_the_last_layers_clue_queries_with_the_same_logits(use_mas, path, monkeypatch):
+    """In inference the span model asks the encoder for the text states alone: the last layer's feed-forward sees the
+    text block only, and the logits equal those of the whole computation (run while autograd records)."""
+    if path == "stacked":
+        monkeypatch.setattr(PromptMNERSelfAttention, "scores_per_key_modality", lambda self, device: False)
+    model = random_model("eager" if path == "eager" else "sdpa", use_mas=use_mas)
+    batch = collate([make_example(n, seed=10 + n) for n in (2, 8, 5, 6)], images=[True, False, True, True])
+    text_length = batch["input_ids"].shape[1]
+    seen = []
+    last_layer = model.promptmner.encoder.layer[-1]
+    last_layer.intermediate.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[1]))
+    whole = model(**batch)
+    with torch.inference_mode():
+        text_states_only = model(**batch)
+        every_state = model(**batch, output_hidden_states=True)
+    assert seen == [text_length + NUM_PROMPTS + 1, text_length, text_length + NUM_PROMPTS + 1]
+    torch.testing.assert_close(text_states_only.logits, whole.logits.detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(every_state.logits, whole.logits.detach(), atol=1e-6, rtol=0)
+
+
+def test_base_model_gives_the_text_block_alone_when_asked():
+    model = random_model()
+    batch = collate([make_example(n, seed=20 + n) for n in (3, 7)], images=[True, False])
+    inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "image_embeds", "has_image")}
+    with torch.no_grad():
+        whole = model.promptmner(**inputs).last_hidden_state
+        text = model.promptmner(**inputs, text_states_only=True).last_hidden_state
+    text_length = batch["input_ids"].shape[1]
+    assert whole.shape[1] == text_length + NUM_PROMPTS + 1 and text.shape[1] == text_length
+    torch.testing.assert_close(text, whole[:, :text_length], atol=1e-6, rtol=0)
+
+
 def test_mas_queries_change_the_result():
     """The ablation switch matters: with differing pair queries, MAS and single-query attention disagree."""
     mas = random_model(use_mas=True)
