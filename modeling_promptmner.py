@@ -399,7 +399,7 @@ class PromptMNERSelfAttention(nn.Module):
         return self.config._attn_implementation == "sdpa" and device.type == "cpu"
 
     def attention_call(self, query, key, value, attention_mask, dropout):
-        """The configured attention implementation (`ALL_ATTENTION_FUNCTIONS`) -> context `(B, L, heads, d)`."""
+        """The configured attention implementation (`ALL_ATTENTION_FUNCTIONS`) -> context `(B, Q, heads, d)`."""
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, None)
         mask = attention_mask.to(query.dtype)  # a no-op unless autocast lowered the query's precision
         return attention(self, query, key, value, mask, dropout=dropout, scaling=self.scale)
