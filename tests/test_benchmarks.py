@@ -158,3 +158,9 @@ def test_peer_script_compares_with_token_classification_and_the_floor(tmp_path):
     for part in ("image decoding and preprocessing", "CLIP image tower", "encoder and span head", "post-processing"):
         assert re.search(rf"^\| {part} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", body, re.M), part
     assert re.search(r"besides the tweet's \d+ text tokens", body)
+    encoder = re.search(r"^\| encoder and span head \| ([0-9.]+) \| [0-9.]+ \| ([0-9.]+) \| [0-9.]+ \|$", body, re.M)
+    encoder_one_by_one = [float(value) for value in encoder.groups()]  # 2 and 4 prompts
+    limits = re.search(r"took ([0-9.]+) s with 2, ([0-9.]+) s with 4 clue tokens, one by one, against ([0-9.]+) s "
+                       r"on the texts alone", body)  # fmt: skip
+    assert [float(value) for value in limits.groups()[:2]] == encoder_one_by_one
+    assert 0 < float(limits.group(3))
