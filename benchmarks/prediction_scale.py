@@ -287,9 +287,14 @@ def run_measured(arguments: list[str], cwd: Path, threads: int | None = None, sa
         raise RuntimeError(f"no summary line in the command's output:\n{stderr[-2000:]}")
     lines, _, errors, predicted, seconds, rate, workers, threads = match.groups()
     return {"lines": int(lines), "errors": int(errors), "seconds": float(seconds), "lines_per_s": float(rate),
-            "chose": f"{threads or '?'} threads, {workers or '?'} workers",
+            "chose": f"{counted(threads, 'thread')}, {counted(workers, 'worker')}",
             "wall_s": time.perf_counter() - start, "max_rss_mb": usage.ru_maxrss / 1024,
             "tree_peak_mb": peak[0]}  # fmt: skip
+
+
+def counted(number: str | None, noun: str) -> str:
+    """`1 thread`, `2 threads`, `? threads` (a summary line that did not say)."""
+    return f"{number or '?'} {noun}{'' if number == '1' else 's'}"
 
 
 # --- the two measurements -----------------------------------------------------------------------------------------
