@@ -38,7 +38,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -47,19 +46,14 @@ from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: outputs are not locked
-    fcntl = None
-
 from atomic_files import write_text
 from clip_promptmner import image_file_path, load_image
+from output_lock import OutputLock, RefusedError, check_not_locked, lock_path
 from pipeline_promptmner import available_cores, idle_cpu_cores, threads_for_idle_cores
 from processing_promptmner import check_utf8_text
 
 PARTIAL_SUFFIX = ".partial"
 STATE_SUFFIX = ".partial.json"
-LOCK_SUFFIX = ".lock"
 LINE_KEYS = ("text", "image", "id")
 
 
@@ -122,10 +116,6 @@ def state_path(output: Path) -> Path:
     return output.with_name(output.name + STATE_SUFFIX)
 
 
-def lock_path(output: Path) -> Path:
-    return output.with_name(output.name + LOCK_SUFFIX)
-
-
 def check_job(job: PredictionJob) -> None:
     """Validate the job before anything is opened; `ValueError` names the argument."""
     if job.batch_size < 1:
@@ -159,7 +149,7 @@ def check_output_paths(job: PredictionJob) -> None:
             raise ValueError(f"--output {output} would overwrite the input file {job.input} ({path})")
         if path.is_dir():
             raise ValueError(f"--output {output}: {path} is a folder")
-    check_not_locked(output)
+    check_not_locked(output, "--output")
     if job.overwrite:
         return
     if partial.exists() and not job.resume:
@@ -461,11 +451,6 @@ def scan_output(path: Path, block_size: int = 1) -> Progress:
     return kept
 
 
-class RefusedError(ValueError):
-    """The run cannot start: its output is locked by another run, or `--resume` finds a partial output that does
-    not belong to this input and these settings (the command exits with status 2, naming why)."""
-
-
 def line_digest(number: int, line: str) -> list:
     """`[number, digest]` of an input line as the state file records it: its number and a hash of its text (without
     the line end), so that a resumed run can tell that the lines it keeps are still the input's."""
@@ -520,77 +505,6 @@ def check_state(path: Path, fingerprint: dict, job_input: Path, lines: Iterator[
                 )
             offset += len(raw)
     return offset
-
-
-class OutputLock:
-    """`<output>.lock`: held by the main process of the run that writes `<output>` (an exclusive `flock`), naming
-    its process. A second run writing the same output is refused at its start, naming the first one's pid. The lock
-    belongs to the open file, so the operating system releases it when its process ends, killed or not: a lock file
-    left by a killed run (its pid gone) blocks nothing, and the next run takes it over."""
-
-    def __init__(self, output: Path):
-        self.output, self.path, self.handle = output, lock_path(output), None
-
-    def acquire(self) -> OutputLock:
-        if fcntl is None:  # not POSIX: no lock
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        attempts = 0
-        while self.handle is None:
-            handle = open(self.path, "a+", encoding="utf-8")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip()
-                handle.close()
-                attempts += 1
-                if holder or attempts >= 20:  # an empty file: a run starting, or another's check_not_locked
-                    raise self.busy(holder) from None
-                time.sleep(0.05)
-                continue
-            if self._same_file(handle):
-                self.handle = handle
-            else:  # a run that just ended removed the file we locked: lock the new one
-                handle.close()
-        self.handle.seek(0)
-        self.handle.truncate()
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
-        self.handle.flush()
-        return self
-
-    def busy(self, holder: str) -> RefusedError:
-        return RefusedError(
-            f"--output {self.output} is being written by another run ({holder or 'a process that is starting'}; lock "
-            f"file {self.path}): wait for it to end, or write another --output"
-        )
-
-    def _same_file(self, handle) -> bool:
-        try:
-            return os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
-        except FileNotFoundError:
-            return False
-
-    def release(self) -> None:
-        """Remove the lock file (while still holding it) and let go."""
-        if self.handle is not None:
-            self.path.unlink(missing_ok=True)
-            self.handle.close()
-            self.handle = None
-
-
-def check_not_locked(output: Path) -> None:
-    """A [`RefusedError`] naming the other run when a live run holds `<output>.lock` (a shared lock, taken and given
-    back at once, tells: it conflicts with that run's exclusive one only, so the processes of one run may all ask)."""
-    path = lock_path(output)
-    if fcntl is None or not path.is_file():
-        return
-    with open(path, encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputLock(output).busy(handle.read().strip()) from None
 
 
 class OutputFiles:
@@ -685,7 +599,7 @@ def _broadcast(value: Any, state) -> Any:
 def _main_process_start(job: PredictionJob) -> tuple[OutputFiles | None, Progress, int | None]:
     """Lock and open the output and count the input (main process only): `(output files, progress, non-blank input
     lines)`; `(None, progress, None)` when `--resume` finds the output already complete."""
-    lock = OutputLock(job.output).acquire()
+    lock = OutputLock(job.output, "--output").acquire()
     files = None
     try:
         if job.resume and not partial_path(job.output).exists() and job.output.exists():

@@ -2,13 +2,15 @@
 
 [`check_run_inputs`]: the data files, the image folder, the CLIP config, the backbone (and whether its positions fit
 `--max_length` plus the visual clue tokens), the checkpoint to resume from (tied to the run's arguments) and the
-output folder; each problem is a `ValueError` naming the option or the file. [`clear_previous_run`] removes the
-training state of the run an `--overwrite_output_dir` replaces, only when this script made it (its marker file) and
-it holds nothing else ([`check_own_training_state`]).
+output folder (not written by another live run either); each problem is a `ValueError` naming the option or the
+file. [`locked_output_dir`]: the run's hold on its output folder (`<output_dir>.lock`, see `output_lock`).
+[`clear_previous_run`] removes the training state of the run an `--overwrite_output_dir` replaces, only when this
+script made it (its marker file) and it holds nothing else ([`check_own_training_state`]).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from mner_checkpoints import (
     run_signature,
 )
 from mner_runtime import is_local_path
+from output_lock import OutputLock, RefusedError, check_not_locked
 
 logger = logging.get_logger(__name__)
 
@@ -117,10 +120,12 @@ def check_own_training_state(args: RunArguments) -> None:
 
 def check_output_dir(args: RunArguments, checkpoint: str | None) -> None:
     """An output folder that holds anything is only written into with `--overwrite_output_dir` or to resume one
-    of its checkpoints (transformers' convention); overwriting deletes only a training state this script wrote."""
+    of its checkpoints (transformers' convention); overwriting deletes only a training state this script wrote. A
+    folder another live run writes is refused in any case ([`RefusedError`] naming that run's pid)."""
     output = Path(args.output_dir)
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output_dir {output}: exists and is not a folder")
+    check_not_locked(output, "--output_dir")
     if args.overwrite_output_dir and checkpoint is None:
         check_own_training_state(args)
     if args.overwrite_output_dir or checkpoint is not None or not output.is_dir() or not any(output.iterdir()):
@@ -141,6 +146,25 @@ def check_run_inputs(args: RunArguments) -> None:
     if checkpoint is not None:
         check_checkpoint(checkpoint, run_signature(args))
     check_output_dir(args, checkpoint)
+
+
+def locked_output_dir(args: RunArguments, accelerator) -> contextlib.AbstractContextManager:
+    """The run's hold on `--output_dir`: the main process takes `<output_dir>.lock` (released when the `with` block
+    ends, or by the operating system if the process is killed). When another live run holds it (one that started
+    after [`check_run_inputs`]), every process raises the [`RefusedError`] naming it, so all stop before anything is
+    written."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, refusal = contextlib.nullcontext(), None
+    if accelerator.is_main_process:
+        try:
+            lock = OutputLock(Path(args.output_dir), "--output_dir").acquire()
+        except RefusedError as err:
+            refusal = str(err)
+    refusal = broadcast_object_list([refusal])[0]  # the main process's answer, on every process
+    if refusal is not None:
+        raise RefusedError(refusal)
+    return lock
 
 
 def clear_previous_run(args: RunArguments) -> None:

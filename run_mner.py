@@ -51,11 +51,12 @@ from mner_embedding_cache import add_image_embeddings, format_image_report, imag
 from mner_evaluation import evaluate, fmt_prf, predict_spans, results_table, span_scores, write_prediction_files
 from mner_model_card import model_card
 from mner_model_folder import BEST_MODEL_PROGRESS, push_folder, save_model_folder, write_output_folder
-from mner_run_inputs import check_run_inputs, clear_previous_run, resolve_checkpoint
+from mner_run_inputs import check_run_inputs, clear_previous_run, locked_output_dir, resolve_checkpoint
 from mner_runtime import has_accelerator_device
 from mner_serving import SPACE_FOLDER, push_space, space_examples, write_space
 from mner_training import MNERCollator, NonFiniteLossError, check_loss, create_optimizer
 from modeling_promptmner import PromptMNERForSpanNER
+from output_lock import RefusedError
 from processing_promptmner import PromptMNERProcessor, load_tokenizer
 from prompt_vocabularies import initial_prompt_embeds, prompt_kind
 
@@ -408,6 +409,18 @@ def main(argv: list[str] | None = None) -> dict:
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
+    try:
+        output_lock = locked_output_dir(args, accelerator)
+    except RefusedError as err:  # another run started writing --output_dir after this one's checks
+        print(f"run_mner.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    with output_lock:
+        return train_and_publish(args, accelerator)
+
+
+def train_and_publish(args: RunArguments, accelerator: Accelerator) -> dict:
+    """The run proper, under the output folder's lock: clear a replaced run's state, train and evaluate, write the
+    results and push what was asked."""
     if accelerator.is_main_process:
         clear_previous_run(args)
         recover_training_state(Path(args.output_dir) / TRAINING_STATE_DIR)

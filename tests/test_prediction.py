@@ -511,7 +511,7 @@ def test_a_second_run_on_the_same_output_is_refused_at_its_start(pipe, tmp_path)
     naming the first one's pid; a lock left by a killed run (no process holds it) is taken over."""
     source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(source, [json.dumps({"text": text}) for text in TWEET_SENTENCES[:3]])
-    lock = mner_prediction.OutputLock(target).acquire()  # as the main process of a live run holds it
+    lock = mner_prediction.OutputLock(target, "--output").acquire()  # as the main process of a live run holds it
     try:
         with pytest.raises(mner_prediction.RefusedError, match=rf"--output \S*out.jsonl is being written by another "
                            rf"run \(pid {os.getpid()} on \S+, started [^;]+; lock file \S*out.jsonl.lock\)"):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate import PartialState
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -25,6 +26,7 @@ import mner_embedding_cache
 import mner_model_card
 import mner_run_inputs
 import mner_training
+from output_lock import OutputLock, RefusedError, lock_path
 from processes import REPO_ROOT, launch_run_mner, run, run_python
 from conftest import run_args
 
@@ -272,6 +274,30 @@ def test_overwrite_deletes_the_training_state_run_mner_wrote(workspace):
     assert (Path(args.output_dir) / "config.json").read_text() == "{}"
 
 
+def test_output_folder_another_live_run_writes_is_refused(workspace):
+    """While a live run holds `<output_dir>.lock`, the checks refuse its folder, and so does the hold a run takes on
+    it after them (another run may start in between), naming that run's pid, with or without
+    --overwrite_output_dir. Once it is released, both pass, and the run's own hold names this process until its
+    `with` block ends."""
+    args = workspace.args(overwrite_output_dir=True)
+    output = Path(args.output_dir)
+    other_run = OutputLock(output, "--output_dir").acquire()  # as the main process of a live run holds it
+    refused = rf"--output_dir \S*out is being written by another run \(pid {os.getpid()} on "
+    try:
+        for check in (mner_run_inputs.check_run_inputs, lambda a: mner_run_inputs.locked_output_dir(a, PartialState())):
+            for arguments in (args, dataclasses.replace(args, overwrite_output_dir=False)):
+                with pytest.raises(RefusedError, match=refused):
+                    check(arguments)
+    finally:
+        other_run.release()
+    mner_run_inputs.check_run_inputs(args)
+    with mner_run_inputs.locked_output_dir(args, PartialState()):
+        assert lock_path(output).read_text().startswith(f"pid {os.getpid()} on ")
+        with pytest.raises(RefusedError, match=refused):
+            mner_run_inputs.check_run_inputs(args)
+    assert not lock_path(output).exists()
+
+
 def test_good_inputs_pass_the_checks(workspace):
     mner_run_inputs.check_run_inputs(workspace.args())  # fresh run, absent output folder
     checkpoint = workspace.checkpoint()  # of a run with the workspace's arguments, in its output folder
@@ -330,6 +356,27 @@ def test_overwrite_output_dir_keeps_a_users_training_folder(twitter_slice, tiny_
     assert [p.relative_to(output).as_posix() for p in output.rglob("*")] == [
         "training", "training/my_labelled_data.txt"
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_script_refuses_a_folder_another_run_writes_and_deletes_nothing(twitter_slice, tiny_backbone,
+                                                                       clip_config_file, tmp_path):  # fmt: skip
+    """`run_mner.py --overwrite_output_dir` on a folder whose lock a live run holds: exit status 2 naming that run,
+    and the previous run's training state and model file stay."""
+    output = tmp_path / "out"
+    state = output / mner_checkpoints.TRAINING_STATE_DIR
+    state.mkdir(parents=True)
+    mner_checkpoints.mark_training_state(state)
+    (output / "config.json").write_text("{}")
+    before = sorted(p.relative_to(output).as_posix() for p in output.rglob("*"))
+    args = run_args(twitter_slice, tiny_backbone, clip_config_file, output, "--overwrite_output_dir")
+    with OutputLock(output, "--output_dir"):
+        result = run([sys.executable, str(REPO_ROOT / "run_mner.py"), *args], tmp_path, expect=2)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"run_mner.py: error: --output_dir {output} is being written by another run (pid {os.getpid()} on "
+    ), result.stderr[-3000:]
+    assert sorted(p.relative_to(output).as_posix() for p in output.rglob("*")) == before
 
 
 # --- the optimizer -------------------------------------------------------------------------------------------
