@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from atomic_files import write_text
 from clip_promptmner import image_file_path, load_image
+from mner_runtime import main_process_value
 from output_lock import OutputLock, RefusedError, check_not_locked, lock_path
 from pipeline_promptmner import available_cores, idle_cpu_cores, threads_for_idle_cores
 from processing_promptmner import check_utf8_text
@@ -587,15 +588,6 @@ def open_output(job: PredictionJob, lock: OutputLock) -> tuple[OutputFiles, Prog
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _broadcast(value: Any, state) -> Any:
-    """`value` of the main process, on every process."""
-    if state.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value])[0]
-
-
 def _main_process_start(job: PredictionJob) -> tuple[OutputFiles | None, Progress, int | None]:
     """Lock and open the output and count the input (main process only): `(output files, progress, non-blank input
     lines)`; `(None, progress, None)` when `--resume` finds the output already complete."""
@@ -632,7 +624,7 @@ def _start(job: PredictionJob, state) -> tuple[OutputFiles | None, Progress, int
         except Exception as err:  # noqa: BLE001 - shared with the other processes below, then re-raised
             kind = "refused" if isinstance(err, RefusedError) else "error"
             error, outcome = err, (kind, str(err) if kind == "refused" else error_message(err), None)
-    outcome = _broadcast(outcome, state)
+    outcome = main_process_value(outcome, state)
     if error is not None:
         raise error
     if outcome[0] == "refused":
@@ -647,7 +639,7 @@ def workers_for_idle_cores(idle: float | None, cores: int, processes: int = 1) -
     known): one, which parses lines and decodes images while the model runs, unless other work has taken a core of
     this process's share; then none, as a worker could only take time slices from the model's thread on the cores
     left (BENCHMARKS.md, "Prediction at scale": the 100-prompt model beside a busy loop, 0.88 of the best without)."""
-    share = max(1, cores // max(1, processes))
+    share = threads_for_idle_cores(None, cores, processes)  # what the process gets when nothing else runs
     return 1 if threads_for_idle_cores(idle, cores, processes) >= share else 0
 
 
@@ -689,7 +681,8 @@ def predict_file(pipe, job: PredictionJob, state=None) -> dict:
         if files is not None:
             files.close()
     state.wait_for_everyone()
-    return _broadcast({**progress.counts(), "predicted": progress.records - resumed, "seconds": seconds}, state)
+    return main_process_value({**progress.counts(), "predicted": progress.records - resumed, "seconds": seconds},
+                              state)
 
 
 def _predict_into(pipe, job: PredictionJob, state, files: OutputFiles | None, progress: Progress,

@@ -29,7 +29,7 @@ from mner_checkpoints import (
     read_json_record,
     run_signature,
 )
-from mner_runtime import is_local_path
+from mner_runtime import is_local_path, main_process_value
 from output_lock import OutputLock, RefusedError, check_not_locked
 
 logger = logging.get_logger(__name__)
@@ -153,15 +153,13 @@ def locked_output_dir(args: RunArguments, accelerator) -> contextlib.AbstractCon
     ends, or by the operating system if the process is killed). When another live run holds it (one that started
     after [`check_run_inputs`]), every process raises the [`RefusedError`] naming it, so all stop before anything is
     written."""
-    from accelerate.utils import broadcast_object_list
-
     lock, refusal = contextlib.nullcontext(), None
     if accelerator.is_main_process:
         try:
             lock = OutputLock(Path(args.output_dir), "--output_dir").acquire()
         except RefusedError as err:
             refusal = str(err)
-    refusal = broadcast_object_list([refusal])[0]  # the main process's answer, on every process
+    refusal = main_process_value(refusal, accelerator)
     if refusal is not None:
         raise RefusedError(refusal)
     return lock

@@ -2,6 +2,7 @@
 
 - [`has_accelerator_device`], [`process_state`]: Accelerate's device for this process; on a machine without an
   accelerator every process runs on the CPU, so that `accelerate launch --multi_gpu` starts gloo processes there.
+  [`main_process_value`]: what the main process decided, on every process.
 - [`check_device`]: a `--device` this machine has, or an error naming the option.
 - [`load_model_and_processor`], [`load_pipeline`]: a saved model folder or Hub repo, through this package's own
   classes (nothing from the folder runs) or, with `trust_remote_code=True`, through the repository's code; a folder
@@ -28,6 +29,15 @@ def process_state(device: str | None = None):
     from accelerate import PartialState
 
     return PartialState(cpu=device == "cpu" or not has_accelerator_device())
+
+
+def main_process_value(value, state):
+    """`value` of the main process, on every process of `state` (an Accelerate `PartialState` or `Accelerator`)."""
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
 
 
 def check_device(device: str | None, option: str = "--device") -> None:
