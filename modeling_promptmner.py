@@ -677,7 +677,8 @@ class PromptMNERModel(PromptMNERPreTrainedModel):
             Compute the last layer at the text block only: its visual tokens serve as keys and values but ask no
             query, and `last_hidden_state` is `(batch_size, text_length, hidden_size)`. The text states are the same;
             a head that reads only them (the span head) saves the last layer's work on the clue tokens, which is
-            most of it with the paper's 100 prompts. [`PromptMNERForSpanNER`] sets it in inference.
+            most of it with the paper's 100 prompts. Ignored when every layer's hidden states or attentions are
+            asked for (they hold every position). [`PromptMNERForSpanNER`] sets it in inference.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -696,7 +697,7 @@ class PromptMNERModel(PromptMNERPreTrainedModel):
         hidden_states = self.embeddings(input_ids, text_mask, clue_embeds)  # (B, T + V, H)
         hidden_states, all_hidden_states, all_attentions = self.encoder(
             hidden_states, additive_mask(mask, hidden_states.dtype), input_ids.shape[1], output_attentions,
-            output_hidden_states, text_states_only,
+            output_hidden_states, text_states_only and not (output_attentions or output_hidden_states),
         )
         output = PromptMNERModelOutput(
             last_hidden_state=hidden_states,
@@ -766,14 +767,6 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
                 f"labels has shape {tuple(labels.shape)} but word_start_index has shape "
                 f"{tuple(word_start_index.shape)}: expected {expected} (batch, words, max_span_length)"
             )
-
-    def reads_text_states_only(self, output_attentions: bool | None, output_hidden_states: bool | None) -> bool:
-        """The encoder's last layer may skip the clue tokens' queries (`text_states_only`) in inference, when no
-        caller asked for every layer's states or weights: the span head reads the text block alone. While autograd
-        records, every layer runs whole, so each parameter gets the gradient (zero or not) it always got."""
-        attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return not (torch.is_grad_enabled() or attentions or hidden_states)
 
     def word_states(self, text_hidden, word_start_index, word_end_index, word_mask=None):
         """The hidden states of each word's first and last token `(B, W, H)` each, the last word of each (start word,
@@ -862,7 +855,9 @@ class PromptMNERForSpanNER(PromptMNERPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
-            text_states_only=self.reads_text_states_only(output_attentions, output_hidden_states),
+            # the head reads the text block alone; while autograd records, every layer runs whole, so each
+            # parameter gets the gradient (zero or not) it always got
+            text_states_only=not torch.is_grad_enabled(),
         )
         text_hidden = outputs.last_hidden_state[:, : input_ids.shape[1]]  # (B, T, H)
         if self.training and self.span_head.dropout.p > 0:  # dropout draws a mask for every span: build them all

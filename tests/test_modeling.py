@@ -332,6 +332,9 @@ def test_base_model_gives_the_text_block_alone_when_asked():
     text_length = batch["input_ids"].shape[1]
     assert whole.shape[1] == text_length + NUM_PROMPTS + 1 and text.shape[1] == text_length
     torch.testing.assert_close(text, whole[:, :text_length], atol=1e-6, rtol=0)
+    with torch.no_grad():  # every layer's states hold every position: the last layer runs whole then
+        asked = model.promptmner(**inputs, text_states_only=True, output_hidden_states=True)
+    assert asked.last_hidden_state.shape == whole.shape == asked.hidden_states[-1].shape
 
 
 def test_mas_queries_change_the_result():
